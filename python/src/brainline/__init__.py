@@ -1,0 +1,64 @@
+"""brainline: stream any OpenAI-compatible /chat/completions endpoint into a voice or agent pipeline.
+
+The provider classes are generated from spec/ (see docs/reference/providers.md); the runtime that
+streams, decodes and cancels is in brainline._core. This module only re-exports the public surface.
+"""
+
+from ._core.client import BaseLLM
+from ._core.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    BrainlineError,
+    ConfigError,
+    StreamError,
+)
+from ._core.events import (
+    Event,
+    FinishEvent,
+    ReasoningEvent,
+    TextEvent,
+    ToolCall,
+    ToolCallEvent,
+    Turn,
+    Usage,
+    UsageEvent,
+    assemble_tool_calls,
+)
+from ._core.session import SessionContext, hash_caller
+from ._generated import PROVIDERS, CustomLLM, HermesLLM, OpenAICompatibleLLM, OpenClawLLM
+from ._generated.constants import USER_AGENT, VERSION
+from ._generated.options import LLMConfig
+
+__version__ = VERSION
+
+__all__ = [
+    "PROVIDERS",
+    "USER_AGENT",
+    "VERSION",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "BaseLLM",
+    "BrainlineError",
+    "ConfigError",
+    "CustomLLM",
+    "Event",
+    "FinishEvent",
+    "HermesLLM",
+    "LLMConfig",
+    "OpenAICompatibleLLM",
+    "OpenClawLLM",
+    "ReasoningEvent",
+    "SessionContext",
+    "StreamError",
+    "TextEvent",
+    "ToolCall",
+    "ToolCallEvent",
+    "Turn",
+    "Usage",
+    "UsageEvent",
+    "__version__",
+    "assemble_tool_calls",
+    "hash_caller",
+]

@@ -1,0 +1,177 @@
+// Option checks the generated constructors call, one per spec rule; python/src/brainline/_core/validate.py
+// mirrors them. Every check ignores a missing value (undefined or null): `requireOption` refuses one.
+
+import { makeError } from "./errors.js";
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/; // RFC 9110 token
+const FORBIDDEN_IN_HEADER = /[\r\n\0]/;
+const PATTERNS = new Map<string, RegExp>();
+
+type Check = (value: unknown) => boolean;
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+const TYPE_CHECKS: Record<string, Check> = {
+  string: (v) => typeof v === "string",
+  number: (v) => typeof v === "number",
+  integer: (v) => typeof v === "number" && Number.isInteger(v),
+  boolean: (v) => typeof v === "boolean",
+  string_or_string_list: (v) =>
+    typeof v === "string" || (Array.isArray(v) && v.every((s) => typeof s === "string")),
+  headers: (v) => isPlainObject(v) && Object.values(v).every((s) => typeof s === "string"),
+  json_object: (v) => isPlainObject(v),
+  tool_choice: (v) => typeof v === "string" || isPlainObject(v),
+  session_key_factory: (v) => typeof v === "function",
+};
+
+function env(name: string): string | undefined {
+  const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+  return proc?.env?.[name];
+}
+
+/** The options argument must be an object. */
+export function checkOptions(options: unknown): void {
+  if (!isPlainObject(options)) {
+    throw makeError("invalid_type", { option: "options", expected: "an object", value: options });
+  }
+}
+
+/** The argument when given, else the env var when set and non-empty, else the default. */
+export function fromEnv<T>(value: T | undefined | null, name: string, fallback: T): T {
+  if (value !== undefined && value !== null) return value;
+  const fromEnvironment = env(name);
+  if (fromEnvironment) return fromEnvironment as T;
+  return fallback;
+}
+
+/** An explicit non-empty key wins; else the env var named by apiKeyEnv; else undefined (keyless). */
+export function resolveApiKey(
+  apiKey: string | undefined,
+  apiKeyEnv: string | undefined,
+): string | undefined {
+  if (apiKey) return apiKey;
+  if (apiKeyEnv) return env(apiKeyEnv) || undefined;
+  return undefined;
+}
+
+export function requireOption(option: string, value: unknown): void {
+  if (value === undefined || value === null) throw makeError("missing_option", { option });
+}
+
+export function checkType(option: string, value: unknown, typeName: string, expected: string): void {
+  if (value === undefined || value === null) return;
+  const check = TYPE_CHECKS[typeName];
+  if (check === undefined || !check(value)) {
+    throw makeError("invalid_type", { option, expected, value });
+  }
+}
+
+export function checkRange(option: string, value: unknown, minimum: number, maximum: number): void {
+  if (typeof value === "number" && !(value >= minimum && value <= maximum)) {
+    throw makeError("out_of_range", { option, minimum, maximum, value });
+  }
+}
+
+export function checkMinimum(option: string, value: unknown, minimum: number): void {
+  if (typeof value === "number" && value < minimum) {
+    throw makeError("below_minimum", { option, minimum, value });
+  }
+}
+
+export function checkExclusiveMinimum(option: string, value: unknown, minimum: number): void {
+  if (typeof value === "number" && !(value > minimum)) {
+    throw makeError("not_above_minimum", { option, minimum, value });
+  }
+}
+
+export function checkNonEmpty(option: string, value: unknown): void {
+  if (value === "") throw makeError("empty_string", { option });
+}
+
+/** No CR, LF or NUL in a value that becomes a header (header injection). The value is not echoed. */
+export function checkHeaderValue(option: string, value: unknown): void {
+  if (value === undefined || value === null) return;
+  const values = isPlainObject(value) ? Object.values(value) : [value];
+  for (const v of values) {
+    if (typeof v === "string" && FORBIDDEN_IN_HEADER.test(v)) {
+      throw makeError("invalid_header_value", { option });
+    }
+  }
+  if (isPlainObject(value)) {
+    for (const name of Object.keys(value)) checkHeaderName(option, name);
+  }
+}
+
+export function checkHeaderName(option: string, value: unknown): void {
+  if (typeof value === "string" && !HEADER_NAME.test(value)) {
+    throw makeError("invalid_header_name", { option, value });
+  }
+}
+
+/** http or https, with a host, and no credentials (never echoed back when present). */
+export function checkUrl(option: string, value: unknown): void {
+  if (typeof value !== "string") return;
+  const match = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)/.exec(value);
+  const scheme = match?.[1]?.toLowerCase();
+  if (match === null || (scheme !== "http" && scheme !== "https") || match[2] === "") {
+    throw makeError("invalid_base_url", { option, value });
+  }
+  if (match[2]?.includes("@")) throw makeError("base_url_credentials", { option });
+}
+
+export function checkMaxLength(option: string, value: unknown, maximum: number): void {
+  if (typeof value === "string" && value.length > maximum) {
+    throw makeError("too_long", { option, maximum, length: value.length });
+  }
+}
+
+export function checkChoice(
+  option: string,
+  value: unknown,
+  choices: readonly string[],
+  code: Parameters<typeof makeError>[0],
+): void {
+  if (typeof value === "string" && !choices.includes(value)) {
+    throw makeError(code, { option, choices: [...choices], value });
+  }
+}
+
+export function checkPattern(
+  option: string,
+  value: unknown,
+  pattern: string,
+  code: Parameters<typeof makeError>[0],
+): void {
+  if (typeof value !== "string") return;
+  let compiled = PATTERNS.get(pattern);
+  if (compiled === undefined) {
+    compiled = new RegExp(pattern);
+    PATTERNS.set(pattern, compiled);
+  }
+  if (!compiled.test(value)) throw makeError(code, { option, pattern, value });
+}
+
+/** `prefix + value`, or value itself when it already contains one of unlessContains. */
+export function derivePrefixed(
+  value: string,
+  prefix: string,
+  unlessContains: readonly string[],
+): string {
+  return unlessContains.some((s) => value.includes(s)) ? value : prefix + value;
+}
+
+/** A frozen private copy, so later changes to the caller's object do not reach the wire. */
+export function freezeHeaders(
+  value: Readonly<Record<string, string>> | undefined,
+): Readonly<Record<string, string>> | undefined {
+  return value === undefined || value === null ? undefined : Object.freeze({ ...value });
+}
+
+export function freezeList(
+  value: string | readonly string[] | undefined,
+): string | readonly string[] | undefined {
+  if (value === undefined || value === null) return undefined;
+  return typeof value === "string" ? value : Object.freeze([...value]);
+}

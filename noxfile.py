@@ -28,7 +28,11 @@ def _npm_ci(session: nox.Session) -> None:
     """Install the TypeScript toolchain from the committed lock file (skipped when it is current)."""
     lock = ROOT / "typescript" / "package-lock.json"
     stamp = ROOT / "typescript" / "node_modules" / ".package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime and not os.environ.get("CI"):
+    if (
+        stamp.exists()
+        and stamp.stat().st_mtime >= lock.stat().st_mtime
+        and not os.environ.get("CI")
+    ):
         return
     session.run("npm", "ci", "--prefix", TS, "--no-audit", "--no-fund", external=True)
 
@@ -86,4 +90,4 @@ def demo(session: nox.Session) -> None:
     session.install("-e", "python")
     _npm_ci(session)
     _npm(session, "build")
-    session.run("python", "-m", "brainline.demo", "--node", TS)
+    session.run("python", "docs/examples/demo.py", "--node", TS)

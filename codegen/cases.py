@@ -57,7 +57,9 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     fields: tuple[tuple[str, Any], ...] = ()  # kind "config": LLMConfig field -> expected value
     code: str = ""  # kind "config_error" / "error_message"
-    params: dict[str, Any] = field(default_factory=dict)  # message params (option in Python spelling)
+    params: dict[str, Any] = field(
+        default_factory=dict
+    )  # message params (option in Python spelling)
     class_name: str = ""
 
 
@@ -75,10 +77,19 @@ def _default_cases(p: Provider) -> list[Case]:
     for o in p.arguments:
         if o.extra or o.required:
             continue
-        out.append(Case(f"{p.module}/default/{o.name}", "config", p, base, fields=((o.name, o.default),)))
+        out.append(
+            Case(f"{p.module}/default/{o.name}", "config", p, base, fields=((o.name, o.default),))
+        )
         if o.env:
             out.append(
-                Case(f"{p.module}/env/{o.name}", "config", p, base, {o.env: FROM_ENV}, ((o.name, FROM_ENV),))
+                Case(
+                    f"{p.module}/env/{o.name}",
+                    "config",
+                    p,
+                    base,
+                    {o.env: FROM_ENV},
+                    ((o.name, FROM_ENV),),
+                )
             )
             out.append(
                 Case(
@@ -94,7 +105,14 @@ def _default_cases(p: Provider) -> list[Case]:
     env_name = key_env or "BRAINLINE_TEST_KEY"
     env_args = base if key_env else {**base, "api_key_env": env_name}
     out += [
-        Case(f"{p.module}/api_key/from_env", "config", p, env_args, {env_name: "env-key"}, (("api_key", "env-key"),)),
+        Case(
+            f"{p.module}/api_key/from_env",
+            "config",
+            p,
+            env_args,
+            {env_name: "env-key"},
+            (("api_key", "env-key"),),
+        ),
         Case(
             f"{p.module}/api_key/argument_wins",
             "config",
@@ -106,7 +124,11 @@ def _default_cases(p: Provider) -> list[Case]:
         Case(f"{p.module}/api_key/keyless", "config", p, env_args, {}, (("api_key", None),)),
     ]
     for d in p.derived:
-        for agent, model in (("support", d.prefix + "support"), ("ops:triage", "ops:triage"), ("team/bot", "team/bot")):
+        for agent, model in (
+            ("support", d.prefix + "support"),
+            ("ops:triage", "ops:triage"),
+            ("team/bot", "team/bot"),
+        ):
             out.append(
                 Case(
                     f"{p.module}/derived/{d.name}/{slug_value(agent)}",
@@ -129,64 +151,168 @@ def _rule_cases(p: Provider, o: Option, spec: Spec) -> list[Case]:
     pre = f"{p.module}/validate/{o.name}"
     out: list[Case] = []
     if o.required:
-        out.append(_error(p, f"{pre}/required", {**base, o.name: None}, "missing_option", option=o.name))
+        out.append(
+            _error(p, f"{pre}/required", {**base, o.name: None}, "missing_option", option=o.name)
+        )
     bad = WRONG_TYPE[o.type]
     out.append(
-        _error(p, f"{pre}/type", {**base, o.name: bad}, "invalid_type", option=o.name, expected=o.expected, value=bad)
+        _error(
+            p,
+            f"{pre}/type",
+            {**base, o.name: bad},
+            "invalid_type",
+            option=o.name,
+            expected=o.expected,
+            value=bad,
+        )
     )
     step = 1 if o.type == "integer" else 0.5
     if r.minimum is not None and r.maximum is not None:
         for label, v in (("below_minimum", r.minimum - step), ("above_maximum", r.maximum + step)):
             out.append(
-                _error(p, f"{pre}/{label}", {**base, o.name: v}, "out_of_range",
-                       option=o.name, minimum=r.minimum, maximum=r.maximum, value=v)
+                _error(
+                    p,
+                    f"{pre}/{label}",
+                    {**base, o.name: v},
+                    "out_of_range",
+                    option=o.name,
+                    minimum=r.minimum,
+                    maximum=r.maximum,
+                    value=v,
+                )
             )
         for label, v in (("at_minimum", r.minimum), ("at_maximum", r.maximum)):
-            out.append(Case(f"{pre}/{label}", "config", p, {**base, o.name: v}, fields=((o.name, v),)))
+            out.append(
+                Case(f"{pre}/{label}", "config", p, {**base, o.name: v}, fields=((o.name, v),))
+            )
     elif r.minimum is not None:
         v = r.minimum - step
         out.append(
-            _error(p, f"{pre}/below_minimum", {**base, o.name: v}, "below_minimum",
-                   option=o.name, minimum=r.minimum, value=v)
+            _error(
+                p,
+                f"{pre}/below_minimum",
+                {**base, o.name: v},
+                "below_minimum",
+                option=o.name,
+                minimum=r.minimum,
+                value=v,
+            )
         )
-        out.append(Case(f"{pre}/at_minimum", "config", p, {**base, o.name: r.minimum}, fields=((o.name, r.minimum),)))
+        out.append(
+            Case(
+                f"{pre}/at_minimum",
+                "config",
+                p,
+                {**base, o.name: r.minimum},
+                fields=((o.name, r.minimum),),
+            )
+        )
     if r.exclusive_minimum is not None:
         v = r.exclusive_minimum
         out.append(
-            _error(p, f"{pre}/at_exclusive_minimum", {**base, o.name: v}, "not_above_minimum",
-                   option=o.name, minimum=v, value=v)
+            _error(
+                p,
+                f"{pre}/at_exclusive_minimum",
+                {**base, o.name: v},
+                "not_above_minimum",
+                option=o.name,
+                minimum=v,
+                value=v,
+            )
         )
         ok = v + 0.5
-        out.append(Case(f"{pre}/above_exclusive_minimum", "config", p, {**base, o.name: ok}, fields=((o.name, ok),)))
+        out.append(
+            Case(
+                f"{pre}/above_exclusive_minimum",
+                "config",
+                p,
+                {**base, o.name: ok},
+                fields=((o.name, ok),),
+            )
+        )
     if r.non_empty:
         out.append(_error(p, f"{pre}/empty", {**base, o.name: ""}, "empty_string", option=o.name))
     if r.header_value:
-        bad_value: Any = {"X-Test": "a\r\nInjected: 1"} if o.type == "headers" else "a\r\nInjected: 1"
-        out.append(_error(p, f"{pre}/header_value", {**base, o.name: bad_value}, "invalid_header_value", option=o.name))
+        bad_value: Any = (
+            {"X-Test": "a\r\nInjected: 1"} if o.type == "headers" else "a\r\nInjected: 1"
+        )
+        out.append(
+            _error(
+                p,
+                f"{pre}/header_value",
+                {**base, o.name: bad_value},
+                "invalid_header_value",
+                option=o.name,
+            )
+        )
         if o.type != "headers":
-            out.append(_error(p, f"{pre}/header_value_nul", {**base, o.name: "a\u0000b"}, "invalid_header_value", option=o.name))
+            out.append(
+                _error(
+                    p,
+                    f"{pre}/header_value_nul",
+                    {**base, o.name: "a\u0000b"},
+                    "invalid_header_value",
+                    option=o.name,
+                )
+            )
     if r.header_name:
         out.append(
-            _error(p, f"{pre}/header_name", {**base, o.name: "Bad Header"}, "invalid_header_name",
-                   option=o.name, value="Bad Header")
+            _error(
+                p,
+                f"{pre}/header_name",
+                {**base, o.name: "Bad Header"},
+                "invalid_header_name",
+                option=o.name,
+                value="Bad Header",
+            )
         )
     if r.url:
         bad_url = "ftp://127.0.0.1/v1"
-        out.append(_error(p, f"{pre}/scheme", {**base, o.name: bad_url}, "invalid_base_url", option=o.name, value=bad_url))
         out.append(
-            _error(p, f"{pre}/credentials", {**base, o.name: "http://user:secret@127.0.0.1:9/v1"},
-                   "base_url_credentials", option=o.name)
+            _error(
+                p,
+                f"{pre}/scheme",
+                {**base, o.name: bad_url},
+                "invalid_base_url",
+                option=o.name,
+                value=bad_url,
+            )
         )
-        out.append(Case(f"{pre}/https", "config", p, {**base, o.name: "https://example.test/v1"},
-                        fields=((o.name, "https://example.test/v1"),)))
+        out.append(
+            _error(
+                p,
+                f"{pre}/credentials",
+                {**base, o.name: "http://user:secret@127.0.0.1:9/v1"},
+                "base_url_credentials",
+                option=o.name,
+            )
+        )
+        out.append(
+            Case(
+                f"{pre}/https",
+                "config",
+                p,
+                {**base, o.name: "https://example.test/v1"},
+                fields=((o.name, "https://example.test/v1"),),
+            )
+        )
     if r.max_length is not None:
         long = "k" * (r.max_length + 1)
         out.append(
-            _error(p, f"{pre}/too_long", {**base, o.name: long}, "too_long",
-                   option=o.name, maximum=r.max_length, length=len(long))
+            _error(
+                p,
+                f"{pre}/too_long",
+                {**base, o.name: long},
+                "too_long",
+                option=o.name,
+                maximum=r.max_length,
+                length=len(long),
+            )
         )
         ok = "k" * r.max_length
-        out.append(Case(f"{pre}/at_max_length", "config", p, {**base, o.name: ok}, fields=((o.name, ok),)))
+        out.append(
+            Case(f"{pre}/at_max_length", "config", p, {**base, o.name: ok}, fields=((o.name, ok),))
+        )
     if r.choices is not None:
         code = r.error or "invalid_choice"
         v = "not_a_choice"
@@ -195,7 +321,9 @@ def _rule_cases(p: Provider, o: Option, spec: Spec) -> list[Case]:
             params["choices"] = list(r.choices)
         out.append(_error(p, f"{pre}/choice", {**base, o.name: v}, code, **params))
         for c in r.choices:
-            out.append(Case(f"{pre}/choice_{c}", "config", p, {**base, o.name: c}, fields=((o.name, c),)))
+            out.append(
+                Case(f"{pre}/choice_{c}", "config", p, {**base, o.name: c}, fields=((o.name, c),))
+            )
     if r.pattern is not None:
         code = r.error or "invalid_pattern"
         for label, v in (("pattern", "bad id!"), ("pattern_empty", "")):
@@ -215,7 +343,15 @@ def build_cases(spec: Spec) -> list[Case]:
             cases += _rule_cases(p, o, spec)
     for e in spec.errors:
         params = {k: EXAMPLE_PARAMS[k] for k in e.params if k != "null"}
-        cases.append(Case(f"errors/{e.code}", "error_message", code=e.code, params=params, class_name=e.class_name))
+        cases.append(
+            Case(
+                f"errors/{e.code}",
+                "error_message",
+                code=e.code,
+                params=params,
+                class_name=e.class_name,
+            )
+        )
     ids = [c.id for c in cases]
     dupes = {i for i in ids if ids.count(i) > 1}
     if dupes:

@@ -285,7 +285,9 @@ def _providers(
         if p.module != stem:
             raise SpecError(f"{path}: module: {p.module!r} must match the file name {stem!r}")
         if p.provider_key in seen_keys:
-            raise SpecError(f"{path}: provider_key: {p.provider_key!r} already in {seen_keys[p.provider_key]}")
+            raise SpecError(
+                f"{path}: provider_key: {p.provider_key!r} already in {seen_keys[p.provider_key]}"
+            )
         seen_keys[p.provider_key] = path
         chain = _chain(raw, stem)
         options = {o.name: o for o in catalog}
@@ -300,7 +302,9 @@ def _providers(
             for i, xo in enumerate(lp.extra_options or []):
                 opt = _option(xo, types, res, f"{where}: extra_options[{i}]", codes, True)
                 if opt.name in options:
-                    raise SpecError(f"{where}: extra_options[{i}].name: {opt.name!r} already exists")
+                    raise SpecError(
+                        f"{where}: extra_options[{i}].name: {opt.name!r} already exists"
+                    )
                 options[opt.name] = opt
                 order.append(opt.name)
             for name, ov in (lp.overrides or {}).items():
@@ -323,7 +327,10 @@ def _providers(
                 if d.from_ not in options:
                     raise SpecError(f"{dwhere}.from: unknown option {d.from_!r}")
                 derived[name] = Derived(
-                    name, d.from_, res.value(d.prefix, f"{dwhere}.prefix"), tuple(d.unless_contains or ())
+                    name,
+                    d.from_,
+                    res.value(d.prefix, f"{dwhere}.prefix"),
+                    tuple(d.unless_contains or ()),
                 )
         for i, name in enumerate(positional):
             if name not in options or name in derived:

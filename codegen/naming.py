@@ -73,9 +73,7 @@ class Language:
         if isinstance(value, (tuple, list)):
             return "[" + ", ".join(self.literal(v) for v in value) + "]"
         if isinstance(value, dict):
-            items = ", ".join(
-                f"{json.dumps(k)}: {self.literal(v)}" for k, v in value.items()
-            )
+            items = ", ".join(f"{json.dumps(k)}: {self.literal(v)}" for k, v in value.items())
             return "{" + items + "}"
         raise TypeError(f"no literal for {value!r}")
 

@@ -8,6 +8,7 @@ result is what the language's formatter would leave.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -114,21 +115,44 @@ def render_all(spec: Spec) -> dict[str, str]:
     all_providers = [p2 for p in spec.providers for p2 in p.sources]
     everything = sorted({*s.values(), *all_providers})
 
-    put("python/_generated/constants.py.j2", f"{py_gen}/constants.py", [s["constants"], s["package"]], "#")
+    put(
+        "python/_generated/constants.py.j2",
+        f"{py_gen}/constants.py",
+        [s["constants"], s["package"]],
+        "#",
+    )
     put("python/_generated/errors.py.j2", f"{py_gen}/errors.py", [s["errors"]], "#")
     put("python/_generated/options.py.j2", f"{py_gen}/options.py", catalog, "#")
-    put("python/_generated/__init__.py.j2", f"{py_gen}/__init__.py", sorted(set(all_providers)), "#")
-    put("typescript/generated/constants.ts.j2", f"{ts_gen}/constants.ts", [s["constants"], s["package"]], "//")
+    put(
+        "python/_generated/__init__.py.j2", f"{py_gen}/__init__.py", sorted(set(all_providers)), "#"
+    )
+    put(
+        "typescript/generated/constants.ts.j2",
+        f"{ts_gen}/constants.ts",
+        [s["constants"], s["package"]],
+        "//",
+    )
     put("typescript/generated/errors.ts.j2", f"{ts_gen}/errors.ts", [s["errors"]], "//")
     put("typescript/generated/options.ts.j2", f"{ts_gen}/options.ts", catalog, "//")
     put("typescript/generated/index.ts.j2", f"{ts_gen}/index.ts", sorted(set(all_providers)), "//")
     for p in spec.providers:
         srcs = [*p.sources, s["options"]]
         put("python/_generated/provider.py.j2", f"{py_gen}/{p.module}.py", srcs, "#", p=p)
-        put("python/public/provider.py.j2", f"python/src/brainline/{p.module}.py", p.sources[:1], "#", p=p)
+        put(
+            "python/public/provider.py.j2",
+            f"python/src/brainline/{p.module}.py",
+            p.sources[:1],
+            "#",
+            p=p,
+        )
         put("typescript/generated/provider.ts.j2", f"{ts_gen}/{p.module}.ts", srcs, "//", p=p)
     put("python/tests/test_spec.py.j2", "python/tests/generated/test_spec.py", everything, "#")
-    put("typescript/test/spec.test.ts.j2", "typescript/test/generated/spec.test.ts", everything, "//")
+    put(
+        "typescript/test/spec.test.ts.j2",
+        "typescript/test/generated/spec.test.ts",
+        everything,
+        "//",
+    )
     put("docs/providers.md.j2", "docs/reference/providers.md", everything, "<!--")
     put("docs/errors.md.j2", "docs/reference/errors.md", [s["errors"]], "<!--")
     return out
@@ -146,8 +170,21 @@ def format_tree(files: dict[str, str], root: Path) -> dict[str, str]:
         ts = [str(base / r) for r in files if r.endswith(".ts")]
         config = str(root / "pyproject.toml")
         if py:
-            _run([sys.executable, "-m", "ruff", "check", "--quiet", "--fix", "--select", "I,F401,UP",
-                  "--config", config, *py])
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ruff",
+                    "check",
+                    "--quiet",
+                    "--fix",
+                    "--select",
+                    "I,F401,UP",
+                    "--config",
+                    config,
+                    *py,
+                ]
+            )
             _run([sys.executable, "-m", "ruff", "format", "--quiet", "--config", config, *py])
         if ts:
             biome = root / "typescript" / "node_modules" / ".bin" / "biome"
@@ -155,14 +192,42 @@ def format_tree(files: dict[str, str], root: Path) -> dict[str, str]:
                 raise FormatterError(
                     "biome is not installed: run `npm ci` in typescript/ (nox -s generate does it)"
                 )
-            _run([str(biome), "format", "--write", "--config-path", str(Path(__file__).parent), *ts])
+            _run(
+                [str(biome), "format", "--write", "--config-path", str(Path(__file__).parent), *ts]
+            )
         return {rel: (base / rel).read_text(encoding="utf-8") for rel in files}
 
 
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     if proc.returncode != 0:
-        raise FormatterError(f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed:\n{proc.stdout}{proc.stderr}")
+        raise FormatterError(
+            f"{Path(cmd[0]).name} {' '.join(cmd[1:3])} failed:\n{proc.stdout}{proc.stderr}"
+        )
+
+
+# Hand-written files with one spec-owned field: (path, pattern whose group 1 is the version).
+VERSION_FIELDS = (
+    ("python/pyproject.toml", r'(?m)^version = "([^"]+)"$'),
+    ("typescript/package.json", r'(?m)^  "version": "([^"]+)",$'),
+    ("typescript/package-lock.json", r'(?m)^  "version": "([^"]+)",$'),
+    ("typescript/package-lock.json", r'(?m)^      "version": "([^"]+)",$'),
+)
+
+
+def with_versions(spec: Spec, root: Path) -> dict[str, str]:
+    """The package manifests with their version set to the spec's (only the files that exist)."""
+    out: dict[str, str] = {}
+    for rel, pattern in VERSION_FIELDS:
+        path = root / rel
+        if not path.exists():
+            continue
+        text = out.get(rel) or path.read_text(encoding="utf-8")
+        match = re.search(pattern, text)
+        if match is None:
+            raise FormatterError(f"{rel}: no version field matching {pattern}")
+        out[rel] = text[: match.start(1)] + spec.version + text[match.end(1) :]
+    return out
 
 
 def existing_generated(root: Path) -> set[str]:

@@ -35,8 +35,9 @@ _TYPE_CHECKS = {
     "number": _is_number,
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
-    "string_or_string_list": lambda v: isinstance(v, str)
-    or (isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v)),
+    "string_or_string_list": lambda v: (
+        isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v))
+    ),
     "headers": lambda v: _is_str_mapping(v, of_str=True),
     "json_object": lambda v: _is_str_mapping(v, of_str=False),
     "tool_choice": lambda v: isinstance(v, str) or _is_str_mapping(v, of_str=False),
@@ -84,7 +85,9 @@ def check_type(option: str, value: object, type_name: str, expected: str) -> Non
 
 def check_range(option: str, value: float | None, minimum: float, maximum: float) -> None:
     if value is not None and not minimum <= value <= maximum:
-        raise make_error("out_of_range", option=option, minimum=minimum, maximum=maximum, value=value)
+        raise make_error(
+            "out_of_range", option=option, minimum=minimum, maximum=maximum, value=value
+        )
 
 
 def check_minimum(option: str, value: float | None, minimum: float) -> None:

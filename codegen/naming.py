@@ -122,7 +122,7 @@ TS_TYPES = {
     "headers": "Readonly<Record<string, string>>",
     "json_object": "Readonly<Record<string, unknown>>",
     "tool_choice": "string | Readonly<Record<string, unknown>>",
-    "session_key_factory": "(ctx: SessionContext) => string | null | undefined",
+    "session_key_factory": "((ctx: SessionContext) => string | null | undefined)",
 }
 
 PYTHON = Language("python", "None")

@@ -60,7 +60,12 @@ export function requireOption(option: string, value: unknown): void {
   if (value === undefined || value === null) throw makeError("missing_option", { option });
 }
 
-export function checkType(option: string, value: unknown, typeName: string, expected: string): void {
+export function checkType(
+  option: string,
+  value: unknown,
+  typeName: string,
+  expected: string,
+): void {
   if (value === undefined || value === null) return;
   const check = TYPE_CHECKS[typeName];
   if (check === undefined || !check(value)) {

@@ -30,7 +30,7 @@ export interface LLMConfig {
   /** Static memory-scope key (credential-grade; never logged). */
   readonly sessionKey: string | undefined;
   /** Called once per turn with the SessionContext (call id, caller, callee, caller hash); a non-empty return value becomes the memory-scope header. */
-  readonly sessionKeyFactory: (ctx: SessionContext) => string | null | undefined | undefined;
+  readonly sessionKeyFactory: ((ctx: SessionContext) => string | null | undefined) | undefined;
   /** "caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire. */
   readonly sessionKeyFrom: string | undefined;
   /** Sampling temperature. */

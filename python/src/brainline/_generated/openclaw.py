@@ -49,7 +49,7 @@ class OpenClawLLM(BaseLLM):
 
     def __init__(
         self,
-        agent: str,
+        agent: str | None = None,
         *,
         api_key: str | None = None,
         api_key_env: str = "OPENCLAW_API_KEY",

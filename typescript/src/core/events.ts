@@ -1,0 +1,98 @@
+/** Streamed text meant for the listener. */
+export interface TextEvent {
+  readonly type: "text";
+  readonly content: string;
+}
+
+/** One tool-call delta as it arrived; `index` is always an integer (assigned when missing). */
+export interface ToolCallEvent {
+  readonly type: "tool_call";
+  readonly index: number;
+  readonly id: string | null;
+  readonly name: string | null;
+  readonly arguments: string;
+}
+
+/** Model reasoning, never mixed into the text. */
+export interface ReasoningEvent {
+  readonly type: "reasoning";
+  readonly content: string;
+}
+
+/** Token counts of the turn: the last usage the server sent; input_tokens excludes cached ones. */
+export interface UsageEvent {
+  readonly type: "usage";
+  readonly input_tokens: number;
+  readonly output_tokens: number;
+  readonly cache_read_tokens: number;
+}
+
+export type FinishReason =
+  | "stop"
+  | "length"
+  | "tool_calls"
+  | "content_filter"
+  | "error"
+  | "other"
+  | "truncated";
+
+/** The last event of every turn that was neither cancelled nor failed. */
+export interface FinishEvent {
+  readonly type: "finish";
+  readonly reason: FinishReason;
+}
+
+/** Everything stream() yields; the keys are the same as in Python. */
+export type Event = TextEvent | ToolCallEvent | ReasoningEvent | UsageEvent | FinishEvent;
+
+/** A complete tool call: the deltas of one index joined. */
+export interface ToolCall {
+  readonly index: number;
+  readonly id: string | null;
+  readonly name: string | null;
+  readonly arguments: string;
+}
+
+export interface Usage {
+  readonly inputTokens: number;
+  readonly outputTokens: number;
+  readonly cacheReadTokens: number;
+}
+
+/** What complete() returns: the turn assembled from its events. */
+export interface Turn {
+  readonly text: string;
+  readonly reasoning: string;
+  readonly toolCalls: ToolCall[];
+  readonly usage: Usage | null;
+  /** null when the turn was cancelled. */
+  readonly finishReason: FinishReason | null;
+}
+
+/**
+ * Complete tool calls from tool_call events, by index (ascending): the first non-empty id, the
+ * first non-empty name (a name repeated in later deltas is not doubled), the arguments joined.
+ */
+export function assembleToolCalls(events: Iterable<Event>): ToolCall[] {
+  const calls = new Map<
+    number,
+    { index: number; id: string | null; name: string | null; arguments: string }
+  >();
+  for (const event of events) {
+    if (event.type !== "tool_call") continue;
+    const call = calls.get(event.index);
+    if (call === undefined) {
+      calls.set(event.index, {
+        index: event.index,
+        id: event.id || null,
+        name: event.name || null,
+        arguments: event.arguments,
+      });
+    } else {
+      if (!call.id && event.id) call.id = event.id;
+      if (!call.name && event.name) call.name = event.name;
+      call.arguments += event.arguments;
+    }
+  }
+  return [...calls.values()].sort((a, b) => a.index - b.index);
+}

@@ -1,0 +1,31 @@
+import { createHash } from "node:crypto";
+import { CALLER_HASH_HEX_LENGTH, CALLER_HASH_PREFIX } from "../generated/constants.js";
+import type { LLMConfig } from "../generated/options.js";
+
+/** What a session-key factory learns about the call. The raw caller never goes on the wire. */
+export interface SessionContext {
+  readonly callId: string | undefined;
+  readonly caller: string | undefined;
+  readonly callee: string | undefined;
+  /** hashCaller(caller): first 16 hex characters of sha256(caller), undefined without a caller. */
+  readonly callerHash: string | undefined;
+}
+
+/** The first CALLER_HASH_HEX_LENGTH hex characters of sha256(UTF-8 caller); undefined when empty. */
+export function hashCaller(caller: string | null | undefined): string | undefined {
+  if (!caller) return undefined;
+  return createHash("sha256").update(caller, "utf8").digest("hex").slice(0, CALLER_HASH_HEX_LENGTH);
+}
+
+/**
+ * The memory-scope key: the factory's result when a factory is set (a falsy result means none),
+ * else CALLER_HASH_PREFIX + callerHash when sessionKeyFrom is "caller_hash" and there is a caller,
+ * else the static sessionKey.
+ */
+export function resolveSessionKey(config: LLMConfig, ctx: SessionContext): string | undefined {
+  if (config.sessionKeyFactory) return config.sessionKeyFactory(ctx) || undefined;
+  if (config.sessionKeyFrom === "caller_hash" && ctx.callerHash) {
+    return CALLER_HASH_PREFIX + ctx.callerHash;
+  }
+  return config.sessionKey || undefined;
+}

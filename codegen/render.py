@@ -123,8 +123,9 @@ def render_all(spec: Spec) -> dict[str, str]:
     )
     put("python/_generated/errors.py.j2", f"{py_gen}/errors.py", [s["errors"]], "#")
     put("python/_generated/options.py.j2", f"{py_gen}/options.py", catalog, "#")
+    put("python/_generated/__init__.py.j2", f"{py_gen}/__init__.py", [s["package"]], "#")
     put(
-        "python/_generated/__init__.py.j2", f"{py_gen}/__init__.py", sorted(set(all_providers)), "#"
+        "python/_generated/registry.py.j2", f"{py_gen}/registry.py", sorted(set(all_providers)), "#"
     )
     put(
         "typescript/generated/constants.ts.j2",

@@ -6,7 +6,8 @@ reviewed exceptions; each one turns the matching test into a strict xfail, so a 
 until its line is removed.
 
 The TypeScript side runs the built package (typescript/dist/index.js, `npm run build`); without
-it the TypeScript tests are skipped, unless BRAINLINE_PARITY_REQUIRE_TS=1 (nox sets it).
+it the TypeScript tests fail, unless BRAINLINE_PARITY_SKIP_TS=1 asks to skip them (for a Python-only
+run on a machine without Node).
 BRAINLINE_PARITY_TS_ENTRY points the TS runner at another build (e.g. a deliberately broken one).
 """
 
@@ -111,9 +112,9 @@ def ts_transcripts(harness: runner_py.Harness) -> dict[str, dict[str, Any]]:
     if TS_ENTRY and not TS_ENTRY.exists():
         missing = f"{TS_ENTRY} does not exist (cd typescript && npm run build)"
     if missing:
-        if os.environ.get("BRAINLINE_PARITY_REQUIRE_TS") == "1":
-            pytest.fail(missing)
-        pytest.skip(missing)
+        if os.environ.get("BRAINLINE_PARITY_SKIP_TS") == "1":
+            pytest.skip(missing)
+        pytest.fail(missing)
     assert node is not None
     payload = {**harness.payload(), "cases": CASES}
     process = subprocess.run(
@@ -268,9 +269,9 @@ def test_a_broken_typescript_runtime_fails(tmp_path: Path) -> None:
     """A copy of the TypeScript build that drops the Hermes session header fails the cases."""
     node = shutil.which("node")
     if node is None or not TS_ENTRY.exists():
-        if os.environ.get("BRAINLINE_PARITY_REQUIRE_TS") == "1":
-            pytest.fail("node or the TypeScript build is missing")
-        pytest.skip("node or the TypeScript build is missing")
+        if os.environ.get("BRAINLINE_PARITY_SKIP_TS") == "1":
+            pytest.skip("node or the TypeScript build is missing")
+        pytest.fail("node or the TypeScript build is missing")
     dist = tmp_path / "dist"
     shutil.copytree(TS_ENTRY.parent, dist)
     entry = dist / TS_ENTRY.name

@@ -26,9 +26,9 @@ from ._core.events import (
     assemble_tool_calls,
 )
 from ._core.session import SessionContext, hash_caller
-from ._generated import PROVIDERS, CustomLLM, HermesLLM, OpenAICompatibleLLM, OpenClawLLM
 from ._generated.constants import USER_AGENT, VERSION
 from ._generated.options import LLMConfig
+from ._generated.registry import PROVIDERS, CustomLLM, HermesLLM, OpenAICompatibleLLM, OpenClawLLM
 
 __version__ = VERSION
 

@@ -24,8 +24,9 @@ export function hashCaller(caller: string | null | undefined): string | undefine
  */
 export function resolveSessionKey(config: LLMConfig, ctx: SessionContext): string | undefined {
   if (config.sessionKeyFactory) return config.sessionKeyFactory(ctx) || undefined;
-  if (config.sessionKeyFrom === "caller_hash" && ctx.callerHash) {
-    return CALLER_HASH_PREFIX + ctx.callerHash;
+  if (config.sessionKeyFrom === "caller_hash") {
+    // Without a caller there is no key: the static key is not a fallback.
+    return ctx.callerHash ? CALLER_HASH_PREFIX + ctx.callerHash : undefined;
   }
   return config.sessionKey || undefined;
 }

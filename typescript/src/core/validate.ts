@@ -56,7 +56,7 @@ export function resolveApiKey(
   return undefined;
 }
 
-export function requireOption(option: string, value: unknown): void {
+export function requireOption<T>(option: string, value: T): asserts value is NonNullable<T> {
   if (value === undefined || value === null) throw makeError("missing_option", { option });
 }
 

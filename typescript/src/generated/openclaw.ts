@@ -133,19 +133,19 @@ export class OpenClawLLM extends BaseLLM {
     v.checkType("responseFormat", responseFormat, "json_object", "an object");
     v.checkType("parallelToolCalls", parallelToolCalls, "boolean", "a boolean");
     v.checkType("toolChoice", toolChoice, "tool_choice", "a string or an object");
-    const model = v.derivePrefixed(agent as string, "openclaw/", [":", "/"]);
+    const model = v.derivePrefixed(agent, "openclaw/", [":", "/"]);
     super({
       providerKey: "openclaw",
       apiKey: v.resolveApiKey(apiKey, apiKeyEnv),
       apiKeyEnv,
-      baseUrl: baseUrl as string,
-      model: model as string,
-      timeout: timeout as number,
+      baseUrl,
+      model,
+      timeout,
       extraHeaders: v.freezeHeaders(extraHeaders),
-      userAgent: userAgent as string,
+      userAgent,
       sessionUserPrefix,
       sessionIdHeader,
-      sessionIdPrefix: sessionIdPrefix as string,
+      sessionIdPrefix,
       sessionKeyHeader,
       sessionKey,
       sessionKeyFactory,

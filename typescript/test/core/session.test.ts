@@ -74,10 +74,10 @@ describe("resolveSessionKey", () => {
     expect(seen[0]?.caller).toBe("+15551234567");
   });
 
-  it("derives the key from the caller hash, else falls back to the static key", () => {
+  it("derives the key from the caller hash, and none without a caller (no static fallback)", () => {
     const cfg = config({ sessionKeyFrom: "caller_hash", sessionKey: "static" });
     expect(resolveSessionKey(cfg, ctx("+15551234567"))).toBe("patter-caller-8a59780bb8cd2ba0");
-    expect(resolveSessionKey(cfg, ctx(undefined))).toBe("static");
+    expect(resolveSessionKey(cfg, ctx(undefined))).toBeUndefined();
     expect(resolveSessionKey(config({ sessionKeyFrom: "caller_hash" }), ctx(""))).toBeUndefined();
   });
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import TypeVar, overload
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from .errors import make_error
@@ -30,7 +30,7 @@ def _is_str_mapping(value: object, of_str: bool) -> bool:
     return not of_str or all(isinstance(v, str) for v in value.values())
 
 
-_TYPE_CHECKS = {
+_TYPE_CHECKS: dict[str, Callable[[object], bool]] = {
     "string": lambda v: isinstance(v, str),
     "number": _is_number,
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -45,11 +45,7 @@ _TYPE_CHECKS = {
 }
 
 
-@overload
-def from_env(value: T | None, env: str, default: T) -> T: ...
-@overload
-def from_env(value: T | None, env: str, default: None) -> T | None: ...
-def from_env(value: T | None, env: str, default: T | None) -> T | None:
+def from_env(value: T | None, env: str, default: T) -> T:
     """The argument when given, else the env var when set and non-empty, else the default."""
     if value is not None:
         return value
@@ -73,9 +69,11 @@ def resolve_api_key(api_key: str | None, api_key_env: str | None) -> str | None:
     return None
 
 
-def require_option(option: str, value: object) -> None:
+def require_option(option: str, value: T | None) -> T:
+    """The value itself; a missing one (None) is a ConfigError."""
     if value is None:
         raise make_error("missing_option", option=option)
+    return value
 
 
 def check_type(option: str, value: object, type_name: str, expected: str) -> None:

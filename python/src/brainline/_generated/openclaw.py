@@ -82,7 +82,7 @@ class OpenClawLLM(BaseLLM):
         session_user_prefix = v.or_default(session_user_prefix, "patter-call-")
         session_id_header = v.or_default(session_id_header, "x-openclaw-session-key")
         session_id_prefix = v.or_default(session_id_prefix, "")
-        v.require_option("agent", agent)
+        agent = v.require_option("agent", agent)
         v.check_type("agent", agent, "string", "a string")
         v.check_pattern("agent", agent, "^[A-Za-z0-9._:/-]+$", "invalid_agent")
         v.check_type("api_key", api_key, "string", "a string")

@@ -1,0 +1,564 @@
+"""The OpenAI-compatible streaming client; typescript/src/core/client.ts mirrors it.
+
+One httpx.AsyncClient per BaseLLM, created on first use and shared by all its turns (keep-alive).
+docs/runtime.md is the contract: request bytes, event order, error mapping and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, ClassVar, cast
+
+import httpx
+
+from .._generated.constants import (
+    CONNECT_TIMEOUT_CAP,
+    ERROR_BODY_MAX_BYTES,
+    SSE_MAX_EVENT_BYTES,
+    WARMUP_TIMEOUT,
+)
+from .._generated.options import BODY_FIELDS, LLMConfig
+from .chunks import TurnState, completion_to_chunk
+from .errors import APIStatusError, BrainlineError, StreamError, make_error
+from .events import Event, ToolCallEvent, Turn, Usage, assemble_tool_calls
+from .session import SessionContext, hash_caller, resolve_session_key
+from .sse import SSEDecoder
+
+__all__ = ["BaseLLM"]
+
+logger = logging.getLogger("brainline")
+
+_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_STREAM_OPTIONS = {"include_usage": True}
+
+
+def _mapping_as_dict(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# One encoder: json.dumps builds a new one per call whenever an option is not the default.
+_encode = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_mapping_as_dict
+).encode
+
+_HeaderList = list[tuple[str, str]]
+
+
+class _Barge:
+    """Barge-in for one turn: a watcher task that ends the turn when cancel_event is set.
+
+    When the generator is waiting on the network, the watcher cancels the task running it (the
+    CancelledError unwinds httpx, which closes the connection, and stream() absorbs it); when the
+    generator is suspended at a yield, the watcher closes the response itself.
+    """
+
+    __slots__ = ("at_yield", "cancelled_task", "closing", "event", "response", "task", "watcher")
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+        self.task = asyncio.current_task()
+        self.at_yield = False
+        self.response: httpx.Response | None = None
+        self.cancelled_task = False
+        self.closing = False
+        self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        await self.event.wait()
+        if self.at_yield:
+            if self.response is not None:
+                self.closing = True
+                await self.response.aclose()
+        elif self.task is not None:
+            self.cancelled_task = True
+            self.task.cancel()
+
+    def resume(self) -> bool:
+        """Back from a yield; True when the turn was cancelled meanwhile."""
+        self.at_yield = False
+        self.task = asyncio.current_task()
+        return self.event.is_set()
+
+    def absorb(self) -> bool:
+        """For a caught CancelledError: True when it is only the barge-in's own (then undone)."""
+        if not self.cancelled_task or self.task is None:
+            return False
+        uncancel = getattr(self.task, "uncancel", None)
+        if uncancel is None:  # Python 3.10: no count of cancel requests
+            return True
+        remaining: int = uncancel()
+        # Before 3.11 the count cannot be trusted (a backported Task under anyio, which cancels
+        # tasks without uncancelling them there): then the request is only balanced.
+        return remaining == 0 or sys.version_info < (3, 11)
+
+    async def stop(self) -> None:
+        if self.closing:
+            try:
+                await self.watcher
+            except Exception as exc:  # the close failed: the connection is gone either way
+                logger.debug("closing a cancelled response failed: %s", type(exc).__name__)
+        else:
+            self.watcher.cancel()
+
+
+class BaseLLM:
+    """The OpenAI-compatible streaming client every generated provider extends.
+
+    Constructed with one resolved LLMConfig; all turns share one keep-alive connection pool.
+    """
+
+    provider_key: ClassVar[str] = ""
+    """The provider's key in the catalog; each generated class sets its own."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        self._config = config
+        self._client: httpx.AsyncClient | None = None
+        base = config.base_url.rstrip("/")
+        self._url = base + "/chat/completions"
+        self._models_url = base + "/models"
+        self._request_url = httpx.URL(self._url)
+        headers: _HeaderList = [
+            ("Content-Type", "application/json"),
+            ("Accept", "text/event-stream"),
+            ("User-Agent", config.user_agent),
+        ]
+        if config.api_key:
+            headers.append(("Authorization", f"Bearer {config.api_key}"))
+        for name, value in (config.extra_headers or {}).items():
+            _set_header(headers, name, value)
+        self._headers = headers
+        self._encoded_headers = _encode_headers(headers)  # for turns without session headers
+        self._sampling: list[tuple[str, Any]] = [
+            (wire, value)
+            for field, wire in BODY_FIELDS
+            if (value := getattr(config, field)) is not None
+        ]
+
+    @property
+    def config(self) -> LLMConfig:
+        """The resolved configuration (read-only)."""
+        return self._config
+
+    async def stream(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        cancel_event: asyncio.Event | None = None,
+        call_id: str | None = None,
+        caller: str | None = None,
+        callee: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Stream one turn: reasoning, text and tool-call events as they arrive, then one usage
+        event (when the server sent usage) and a finish event.
+
+        Setting `cancel_event` ends the turn at once: the connection is closed and the iteration
+        stops quietly, without a finish event. Call arguments are checked before anything is sent
+        (ConfigError); failures raise APIConnectionError, APITimeoutError, APIStatusError or
+        StreamError.
+        """
+        _check_call_arguments(messages, tools, call_id, caller, callee)
+        headers, session_key = self._request_headers(call_id, caller, callee)
+        body = self._request_body(messages, tools, call_id)
+        if cancel_event is not None and cancel_event.is_set():
+            return
+        client = self._client or self._open()
+        request = httpx.Request("POST", self._request_url, headers=headers, content=body)
+        barge = None if cancel_event is None else _Barge(cancel_event)
+        state = TurnState()
+        response: httpx.Response | None = None
+        try:
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise self._transport_error(exc) from exc
+            if barge is not None:
+                barge.response = response
+            if not 200 <= response.status_code < 300:
+                raise await self._status_error(response)
+
+            if _is_json(response.headers.get("content-type")):
+                for event in await self._read_json(response, state):
+                    if barge is not None:
+                        if barge.event.is_set():
+                            return
+                        barge.at_yield = True
+                    yield event
+                    if barge is not None and barge.resume():
+                        return
+                return
+
+            raw = response.aiter_raw()
+            decoder = SSEDecoder()
+            done = end = False
+            while not end:
+                try:
+                    chunk: bytes | None = await anext(raw)
+                except StopAsyncIteration:
+                    chunk = None
+                except httpx.TransportError as exc:
+                    raise self._body_error(exc, state) from exc
+                end = chunk is None
+                for sse in decoder.flush() if chunk is None else decoder.decode(chunk):
+                    data = sse.data
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        parsed = json.loads(data)
+                    except (ValueError, RecursionError) as exc:
+                        raise _malformed(data, state) from exc
+                    if sse.event == "error":
+                        error = parsed.get("error") if isinstance(parsed, dict) else None
+                        raise state.server_error(parsed if error is None else error)
+                    for event in state.feed(parsed):
+                        if barge is not None:
+                            if barge.event.is_set():
+                                return
+                            barge.at_yield = True
+                        yield event
+                        if barge is not None and barge.resume():
+                            return
+                if done:
+                    break
+                if decoder.error is not None:
+                    raise decoder.error
+
+            if done and not end:
+                # Read the rest, so the connection goes back to the pool.
+                try:
+                    async for _ in raw:
+                        pass
+                except httpx.TransportError as exc:
+                    logger.debug("reading past [DONE] failed: %s", type(exc).__name__)
+            for event in state.finish(done):
+                if barge is not None:
+                    if barge.event.is_set():
+                        return
+                    barge.at_yield = True
+                yield event
+                if barge is not None and barge.resume():
+                    return
+        except asyncio.CancelledError:
+            if barge is None or not barge.absorb():
+                raise
+            logger.debug("turn cancelled")
+        except Exception as exc:
+            if barge is not None and barge.cancelled_task:
+                # Our cancel surfaced as another error (anyio's connect on Python 3.10 turns
+                # it into a ValueError): the turn was cancelled all the same.
+                barge.absorb()
+                logger.debug("turn cancelled (%s)", type(exc).__name__)
+                return
+            if client.is_closed:
+                # aclose() during the turn ends it as if cancelled.
+                logger.debug("turn ended by aclose() (%s)", type(exc).__name__)
+                return
+            if isinstance(exc, BrainlineError):
+                if isinstance(exc, StreamError):
+                    exc.partial_text = state.text
+                self._scrub(exc, session_key)
+            raise
+        finally:
+            if barge is not None:
+                await barge.stop()
+            if response is not None:
+                await response.aclose()
+
+    async def complete(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        cancel_event: asyncio.Event | None = None,
+        call_id: str | None = None,
+        caller: str | None = None,
+        callee: str | None = None,
+    ) -> Turn:
+        """Run one turn to its end and return it assembled; finish_reason is None when cancelled."""
+        text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[ToolCallEvent] = []
+        usage: Usage | None = None
+        finish_reason = None
+        async for event in self.stream(
+            messages,
+            tools,
+            cancel_event=cancel_event,
+            call_id=call_id,
+            caller=caller,
+            callee=callee,
+        ):
+            if event["type"] == "text":
+                text.append(event["content"])
+            elif event["type"] == "reasoning":
+                reasoning.append(event["content"])
+            elif event["type"] == "tool_call":
+                calls.append(event)
+            elif event["type"] == "usage":
+                usage = Usage(
+                    event["input_tokens"], event["output_tokens"], event["cache_read_tokens"]
+                )
+            else:
+                finish_reason = event["reason"]
+        return Turn(
+            "".join(text), "".join(reasoning), assemble_tool_calls(calls), usage, finish_reason
+        )
+
+    async def warmup(self) -> None:
+        """Open a connection ahead of the first turn: GET {base_url}/models. Never raises."""
+        try:
+            await asyncio.wait_for(self._warmup(), WARMUP_TIMEOUT)
+        except Exception as exc:
+            logger.debug("warmup failed (best-effort): %s", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        """Close the connection pool; turns still running end as if cancelled.
+
+        The instance stays usable: a later turn opens a new pool.
+        """
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> BaseLLM:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- the request ---------------------------------------------------------------------------
+
+    def _open(self) -> httpx.AsyncClient:
+        timeout = self._config.timeout
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP))
+        )
+        return self._client
+
+    def _request_headers(
+        self, call_id: str | None, caller: str | None, callee: str | None
+    ) -> tuple[list[tuple[bytes, bytes]], str | None]:
+        """The headers of one turn, and the memory-scope key among them (a secret)."""
+        config = self._config
+        with_session_id = bool(config.session_id_header and call_id)
+        if not with_session_id and not config.session_key_header:
+            return self._encoded_headers, None
+        headers = self._headers.copy()
+        if with_session_id:
+            assert config.session_id_header is not None and call_id is not None
+            _set_header(headers, config.session_id_header, config.session_id_prefix + call_id)
+        session_key = None
+        if config.session_key_header:
+            ctx = SessionContext(call_id, caller, callee, hash_caller(caller))
+            key: object = resolve_session_key(config, ctx)
+            if key:
+                option = "session_key_factory" if config.session_key_factory else "session_key"
+                if not isinstance(key, str):
+                    raise make_error("invalid_type", option=option, expected="a string", value=key)
+                if _HEADER_UNSAFE.search(key):
+                    raise make_error("invalid_header_value", option=option)
+                _set_header(headers, config.session_key_header, key)
+                session_key = key
+        return _encode_headers(headers), session_key
+
+    def _request_body(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        call_id: str | None,
+    ) -> bytes:
+        config = self._config
+        body: dict[str, Any] = {
+            "model": config.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": _STREAM_OPTIONS,
+        }
+        if tools:
+            body["tools"] = tools
+        for wire, value in self._sampling:
+            body[wire] = value
+        if config.session_user_prefix and call_id:
+            body["user"] = config.session_user_prefix + call_id
+        return _encode(body).encode()
+
+    # -- the answer ----------------------------------------------------------------------------
+
+    def _transport_error(self, exc: httpx.TransportError) -> BrainlineError:
+        """A request that failed before any response: a timeout, or no connection."""
+        timeout = self._config.timeout
+        if isinstance(exc, httpx.ConnectTimeout):
+            return make_error(
+                "connect_timeout", url=self._url, timeout=min(timeout, CONNECT_TIMEOUT_CAP)
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return make_error("read_timeout", url=self._url, timeout=timeout)
+        return make_error("connection_error", url=self._url)
+
+    def _body_error(self, exc: httpx.TransportError, state: TurnState) -> BrainlineError:
+        """A body read that failed after the headers: a timeout, or the connection lost."""
+        if isinstance(exc, httpx.TimeoutException):
+            return make_error("read_timeout", url=self._url, timeout=self._config.timeout)
+        return make_error("interrupted", partial_text=state.text)
+
+    async def _status_error(self, response: httpx.Response) -> BrainlineError:
+        """The error of a non-2xx answer, with at most ERROR_BODY_MAX_BYTES of its body."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_raw():
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= ERROR_BODY_MAX_BYTES:
+                    break
+        except httpx.TransportError:
+            pass  # keep what arrived: the status is what matters
+        body = b"".join(parts)[:ERROR_BODY_MAX_BYTES].decode("utf-8", "replace")
+        detail = body
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            parsed = None
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            detail = error["message"]
+        return make_error(
+            "http_status",
+            url=self._url,
+            status=response.status_code,
+            detail=detail[:200],
+            body=body,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
+
+    async def _read_json(self, response: httpx.Response, state: TurnState) -> list[Event]:
+        """A whole 2xx JSON answer: an error object, or a chat.completion as stream events."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_raw():
+                parts.append(chunk)
+                size += len(chunk)
+                if size > SSE_MAX_EVENT_BYTES:
+                    raise make_error("too_large", what="event", limit=SSE_MAX_EVENT_BYTES)
+        except httpx.TransportError as exc:
+            raise self._body_error(exc, state) from exc
+        text = b"".join(parts).decode("utf-8-sig", "replace")
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise _malformed(text, state) from exc
+        return [*state.feed(completion_to_chunk(parsed)), *state.finish(True)]
+
+    def _scrub(self, exc: BrainlineError, session_key: str | None) -> None:
+        """Keep keys out of an error, even when a server echoes them back."""
+        for secret in (self._config.api_key, self._config.session_key, session_key):
+            if not secret:
+                continue
+            if secret in exc.message:
+                exc.message = exc.message.replace(secret, "***")
+                exc.args = (exc.message,)
+            if isinstance(exc, APIStatusError) and secret in exc.body:
+                exc.body = exc.body.replace(secret, "***")
+
+    async def _warmup(self) -> None:
+        config = self._config
+        headers = [("User-Agent", config.user_agent)]
+        if config.api_key:
+            headers.append(("Authorization", f"Bearer {config.api_key}"))
+        request = httpx.Request(
+            "GET",
+            self._models_url,
+            headers=_encode_headers(headers),
+            extensions={"timeout": httpx.Timeout(WARMUP_TIMEOUT).as_dict()},
+        )
+        client = self._client or self._open()
+        response = await client.send(request, stream=True)
+        try:
+            async for _ in response.aiter_raw():  # to the end, so the connection stays pooled
+                pass
+        finally:
+            await response.aclose()
+
+
+def _check_call_arguments(
+    messages: object, tools: object, call_id: object, caller: object, callee: object
+) -> None:
+    """The checks stream() runs on its arguments before anything is sent."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise make_error("invalid_messages")
+    for message in messages:
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise make_error("invalid_messages")
+    if tools is not None:
+        if not isinstance(tools, (list, tuple)):
+            raise make_error("invalid_tools")
+        for tool in tools:
+            if not isinstance(tool, Mapping):
+                raise make_error("invalid_tools")
+    for option, value in (("call_id", call_id), ("caller", caller), ("callee", callee)):
+        if value is not None and not isinstance(value, str):
+            raise make_error("invalid_type", option=option, expected="a string", value=value)
+    if call_id and _HEADER_UNSAFE.search(cast(str, call_id)):
+        raise make_error("invalid_header_value", option="call_id")
+
+
+def _encode_headers(headers: _HeaderList) -> list[tuple[bytes, bytes]]:
+    """As bytes, in UTF-8: httpx would refuse anything but ASCII in a str value."""
+    return [(name.encode(), value.encode()) for name, value in headers]
+
+
+def _set_header(headers: _HeaderList, name: str, value: str) -> None:
+    """Add a header, or replace one already there (case-insensitive) in its place."""
+    lower = name.lower()
+    for at, (existing, _) in enumerate(headers):
+        if existing.lower() == lower:
+            headers[at] = (name, value)
+            return
+    headers.append((name, value))
+
+
+def _malformed(data: str, state: TurnState) -> StreamError:
+    return cast(
+        StreamError,
+        make_error("malformed", detail=f"data is not JSON: {data[:200]}", partial_text=state.text),
+    )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date (0 when already past)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if _SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())

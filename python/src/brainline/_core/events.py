@@ -1,0 +1,129 @@
+"""What a turn yields and what complete() returns; typescript/src/core/events.ts mirrors it.
+
+Events are plain dicts (TypedDicts) with the same keys in both languages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict, Union
+
+__all__ = [
+    "Event",
+    "FinishEvent",
+    "FinishReason",
+    "ReasoningEvent",
+    "TextEvent",
+    "ToolCall",
+    "ToolCallEvent",
+    "Turn",
+    "Usage",
+    "UsageEvent",
+    "assemble_tool_calls",
+]
+
+FinishReason = Literal[
+    "stop", "length", "tool_calls", "content_filter", "error", "other", "truncated"
+]
+
+
+class TextEvent(TypedDict):
+    """Streamed text meant for the listener."""
+
+    type: Literal["text"]
+    content: str
+
+
+class ToolCallEvent(TypedDict):
+    """One tool-call delta as it arrived; `index` is always an integer (assigned when missing)."""
+
+    type: Literal["tool_call"]
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+class ReasoningEvent(TypedDict):
+    """Model reasoning, never mixed into the text."""
+
+    type: Literal["reasoning"]
+    content: str
+
+
+class UsageEvent(TypedDict):
+    """Token counts of the turn: the last usage the server sent; input_tokens excludes cached ones."""
+
+    type: Literal["usage"]
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+
+
+class FinishEvent(TypedDict):
+    """The last event of every turn that was neither cancelled nor failed."""
+
+    type: Literal["finish"]
+    reason: FinishReason
+
+
+# Union[...] rather than `|`: this alias is evaluated at runtime on Python 3.10 too.
+Event = Union[TextEvent, ToolCallEvent, ReasoningEvent, UsageEvent, FinishEvent]  # noqa: UP007
+"""Everything stream() yields."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A complete tool call: the deltas of one index joined."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of a turn (see UsageEvent)."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What complete() returns: the turn assembled from its events."""
+
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+    """None when the turn was cancelled."""
+
+
+def assemble_tool_calls(events: Iterable[Event]) -> list[ToolCall]:
+    """Complete tool calls from tool_call events, by index (ascending).
+
+    For each index: the first non-empty id, the first non-empty name (a name repeated in later
+    deltas is not doubled) and the arguments of every delta joined.
+    """
+    calls: dict[int, tuple[str | None, str | None, list[str]]] = {}
+    for event in events:
+        if event["type"] != "tool_call":
+            continue
+        index, call_id, name = event["index"], event["id"], event["name"]
+        call = calls.get(index)
+        if call is None:
+            calls[index] = (call_id or None, name or None, [event["arguments"]])
+            continue
+        first_id, first_name, arguments = call
+        if (not first_id and call_id) or (not first_name and name):
+            calls[index] = (first_id or call_id or None, first_name or name or None, arguments)
+        arguments.append(event["arguments"])
+    return [
+        ToolCall(index, call_id, name, "".join(arguments))
+        for index, (call_id, name, arguments) in sorted(calls.items())
+    ]

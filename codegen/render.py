@@ -100,62 +100,46 @@ def _banner(comment: str, sources: Iterable[str]) -> str:
 
 
 def render_all(spec: Spec) -> dict[str, str]:
+    """Every generated file: the template tree mirrors the output tree (`provider.*` once per provider)."""
     env = environment()
     cases = build_cases(spec)
     out: dict[str, str] = {}
 
-    def put(template: str, path: str, sources: Iterable[str], comment: str, **ctx: Any) -> None:
+    def put(template: str, sources: Iterable[str], path: str = "", **ctx: Any) -> None:
+        path = path or template.removesuffix(".j2")
+        comment = {".py": "#", ".ts": "//", ".md": "<!--"}[Path(path).suffix]
         text = env.get_template(template).render(spec=spec, cases=cases, **ctx)
         out[path] = _banner(comment, sources) + "\n" + text
 
     s = spec.sources
-    catalog = [s["options"]]
     py_gen = "python/src/brainline/_generated"
     ts_gen = "typescript/src/generated"
-    all_providers = [p2 for p in spec.providers for p2 in p.sources]
-    everything = sorted({*s.values(), *all_providers})
+    provider_files = sorted({src for p in spec.providers for src in p.sources})
+    everything = sorted({*s.values(), *provider_files})
 
-    put(
-        "python/_generated/constants.py.j2",
-        f"{py_gen}/constants.py",
-        [s["constants"], s["package"]],
-        "#",
-    )
-    put("python/_generated/errors.py.j2", f"{py_gen}/errors.py", [s["errors"]], "#")
-    put("python/_generated/options.py.j2", f"{py_gen}/options.py", catalog, "#")
-    put("python/_generated/__init__.py.j2", f"{py_gen}/__init__.py", [s["package"]], "#")
-    put(
-        "python/_generated/registry.py.j2", f"{py_gen}/registry.py", sorted(set(all_providers)), "#"
-    )
-    put(
-        "typescript/generated/constants.ts.j2",
-        f"{ts_gen}/constants.ts",
-        [s["constants"], s["package"]],
-        "//",
-    )
-    put("typescript/generated/errors.ts.j2", f"{ts_gen}/errors.ts", [s["errors"]], "//")
-    put("typescript/generated/options.ts.j2", f"{ts_gen}/options.ts", catalog, "//")
-    put("typescript/generated/index.ts.j2", f"{ts_gen}/index.ts", sorted(set(all_providers)), "//")
+    put(f"{py_gen}/__init__.py.j2", [s["package"]])
+    put(f"{py_gen}/constants.py.j2", [s["constants"], s["package"]])
+    put(f"{py_gen}/errors.py.j2", [s["errors"]])
+    put(f"{py_gen}/options.py.j2", [s["options"]])
+    put(f"{py_gen}/registry.py.j2", provider_files)
+    put(f"{ts_gen}/constants.ts.j2", [s["constants"], s["package"]])
+    put(f"{ts_gen}/errors.ts.j2", [s["errors"]])
+    put(f"{ts_gen}/options.ts.j2", [s["options"]])
+    put(f"{ts_gen}/index.ts.j2", provider_files)
     for p in spec.providers:
-        srcs = [*p.sources, s["options"]]
-        put("python/_generated/provider.py.j2", f"{py_gen}/{p.module}.py", srcs, "#", p=p)
+        sources = [*p.sources, s["options"]]
+        put(f"{py_gen}/provider.py.j2", sources, f"{py_gen}/{p.module}.py", p=p)
         put(
-            "python/public/provider.py.j2",
-            f"python/src/brainline/{p.module}.py",
+            "python/src/brainline/provider.py.j2",
             p.sources[:1],
-            "#",
+            f"python/src/brainline/{p.module}.py",
             p=p,
         )
-        put("typescript/generated/provider.ts.j2", f"{ts_gen}/{p.module}.ts", srcs, "//", p=p)
-    put("python/tests/test_spec.py.j2", "python/tests/generated/test_spec.py", everything, "#")
-    put(
-        "typescript/test/spec.test.ts.j2",
-        "typescript/test/generated/spec.test.ts",
-        everything,
-        "//",
-    )
-    put("docs/providers.md.j2", "docs/reference/providers.md", everything, "<!--")
-    put("docs/errors.md.j2", "docs/reference/errors.md", [s["errors"]], "<!--")
+        put(f"{ts_gen}/provider.ts.j2", sources, f"{ts_gen}/{p.module}.ts", p=p)
+    put("python/tests/generated/test_spec.py.j2", everything)
+    put("typescript/test/generated/spec.test.ts.j2", everything)
+    put("docs/reference/providers.md.j2", everything)
+    put("docs/reference/errors.md.j2", [s["errors"]])
     return out
 
 

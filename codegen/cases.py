@@ -41,6 +41,7 @@ WRONG_TYPE: dict[str, Any] = {
     "boolean": "yes",
     "string_or_string_list": 42,
     "headers": {"X-Test": 1},
+    "string_map": {"k": 1},
     "json_object": "json",
     "tool_choice": 42,
     "session_key_factory": "not a function",
@@ -102,8 +103,9 @@ def _default_cases(p: Provider) -> list[Case]:
                 )
             )
     key_env = p.argument("api_key_env").default
-    env_name = key_env or "BRAINLINE_TEST_KEY"
-    env_args = base if key_env else {**base, "api_key_env": env_name}
+    env_names = (key_env,) if isinstance(key_env, str) else tuple(key_env or ())
+    env_name = env_names[0] if env_names else "BRAINLINE_TEST_KEY"
+    env_args = base if env_names else {**base, "api_key_env": env_name}
     out += [
         Case(
             f"{p.module}/api_key/from_env",
@@ -123,6 +125,25 @@ def _default_cases(p: Provider) -> list[Case]:
         ),
         Case(f"{p.module}/api_key/keyless", "config", p, env_args, {}, (("api_key", None),)),
     ]
+    for i, later in enumerate(env_names[1:], start=1):
+        out += [
+            Case(
+                f"{p.module}/api_key/env_fallback_{i}",
+                "config",
+                p,
+                base,
+                {later: "fallback-key"},
+                (("api_key", "fallback-key"),),
+            ),
+            Case(
+                f"{p.module}/api_key/env_order_{i}",
+                "config",
+                p,
+                base,
+                {env_names[0]: "first-key", later: "fallback-key"},
+                (("api_key", "first-key"),),
+            ),
+        ]
     for d in p.derived:
         for agent, model in (
             ("support", d.prefix + "support"),

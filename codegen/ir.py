@@ -103,6 +103,8 @@ class Provider:
         key_env = next((o.default for o in self.arguments if o.name == "api_key_env"), None)
         if isinstance(key_env, str):
             names.append(key_env)
+        elif isinstance(key_env, tuple):
+            names.extend(key_env)
         return tuple(sorted(set(names)))
 
 
@@ -152,7 +154,7 @@ class _Resolver:
         if isinstance(v, float) and v.is_integer():
             return int(v)
         if isinstance(v, list):
-            return tuple(v)
+            return tuple(self.value(item, where) for item in v)
         return v
 
 

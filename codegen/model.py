@@ -126,6 +126,7 @@ class OptionType(Enum):
     boolean = "boolean"
     string_or_string_list = "string_or_string_list"
     headers = "headers"
+    string_map = "string_map"
     json_object = "json_object"
     tool_choice = "tool_choice"
     session_key_factory = "session_key_factory"
@@ -137,8 +138,8 @@ class Option(BaseModel):
     )
     name: constr(pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
     type: OptionType
-    default: int | str | float | bool | list[str] | ConstRef | TemplateRef | None = Field(
-        None, title="Scalar"
+    default: int | str | float | bool | list[str | ConstRef] | ConstRef | TemplateRef | None = (
+        Field(None, title="Scalar")
     )
     """
     A literal default or a reference.
@@ -176,8 +177,8 @@ class Override(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
     )
-    default: int | str | float | bool | list[str] | ConstRef | TemplateRef | None = Field(
-        None, title="Scalar"
+    default: int | str | float | bool | list[str | ConstRef] | ConstRef | TemplateRef | None = (
+        Field(None, title="Scalar")
     )
     """
     A literal default or a reference.

@@ -70,6 +70,9 @@ class Language:
             return repr(value)
         if isinstance(value, str):
             return json.dumps(value, ensure_ascii=False)
+        if isinstance(value, tuple) and self.name == "python":  # immutable, safe as a default
+            items = [self.literal(v) for v in value]
+            return "(" + (items[0] + "," if len(items) == 1 else ", ".join(items)) + ")"
         if isinstance(value, (tuple, list)):
             return "[" + ", ".join(self.literal(v) for v in value) + "]"
         if isinstance(value, dict):
@@ -109,6 +112,7 @@ PY_TYPES = {
     "boolean": "bool",
     "string_or_string_list": "str | Sequence[str]",
     "headers": "Mapping[str, str]",
+    "string_map": "Mapping[str, str]",
     "json_object": "Mapping[str, Any]",
     "tool_choice": "str | Mapping[str, Any]",
     "session_key_factory": "Callable[[SessionContext], str | None]",
@@ -120,6 +124,7 @@ TS_TYPES = {
     "boolean": "boolean",
     "string_or_string_list": "string | readonly string[]",
     "headers": "Readonly<Record<string, string>>",
+    "string_map": "Readonly<Record<string, string>>",
     "json_object": "Readonly<Record<string, unknown>>",
     "tool_choice": "string | Readonly<Record<string, unknown>>",
     "session_key_factory": "((ctx: SessionContext) => string | null | undefined)",

@@ -26,14 +26,14 @@ from ._core.events import (
     assemble_tool_calls,
 )
 from ._core.session import SessionContext, hash_caller
+from ._generated import registry as _registry
 from ._generated.constants import USER_AGENT, VERSION
 from ._generated.options import LLMConfig
-from ._generated.registry import PROVIDERS, CustomLLM, HermesLLM, OpenAICompatibleLLM, OpenClawLLM
+from ._generated.registry import *  # noqa: F403  (every provider class of the spec)
 
 __version__ = VERSION
 
 __all__ = [
-    "PROVIDERS",
     "USER_AGENT",
     "VERSION",
     "APIConnectionError",
@@ -42,13 +42,9 @@ __all__ = [
     "BaseLLM",
     "BrainlineError",
     "ConfigError",
-    "CustomLLM",
     "Event",
     "FinishEvent",
-    "HermesLLM",
     "LLMConfig",
-    "OpenAICompatibleLLM",
-    "OpenClawLLM",
     "ReasoningEvent",
     "SessionContext",
     "StreamError",
@@ -61,4 +57,5 @@ __all__ = [
     "__version__",
     "assemble_tool_calls",
     "hash_caller",
+    *_registry.__all__,
 ]

@@ -21,6 +21,7 @@ const TYPE_CHECKS: Record<string, Check> = {
   string_or_string_list: (v) =>
     typeof v === "string" || (Array.isArray(v) && v.every((s) => typeof s === "string")),
   headers: (v) => isPlainObject(v) && Object.values(v).every((s) => typeof s === "string"),
+  string_map: (v) => isPlainObject(v) && Object.values(v).every((s) => typeof s === "string"),
   json_object: (v) => isPlainObject(v),
   tool_choice: (v) => typeof v === "string" || isPlainObject(v),
   session_key_factory: (v) => typeof v === "function",
@@ -46,13 +47,17 @@ export function fromEnv<T>(value: T | undefined | null, name: string, fallback: 
   return fallback;
 }
 
-/** An explicit non-empty key wins; else the env var named by apiKeyEnv; else undefined (keyless). */
+/** An explicit non-empty key wins; else the first non-empty env var named by apiKeyEnv; else undefined (keyless). */
 export function resolveApiKey(
   apiKey: string | undefined,
-  apiKeyEnv: string | undefined,
+  apiKeyEnv: string | readonly string[] | undefined,
 ): string | undefined {
   if (apiKey) return apiKey;
-  if (apiKeyEnv) return env(apiKeyEnv) || undefined;
+  const names = typeof apiKeyEnv === "string" ? [apiKeyEnv] : (apiKeyEnv ?? []);
+  for (const name of names) {
+    const value = env(name);
+    if (value) return value;
+  }
   return undefined;
 }
 
@@ -168,7 +173,7 @@ export function derivePrefixed(
 }
 
 /** A frozen private copy, so later changes to the caller's object do not reach the wire. */
-export function freezeHeaders(
+export function freezeMap(
   value: Readonly<Record<string, string>> | undefined,
 ): Readonly<Record<string, string>> | undefined {
   return value === undefined || value === null ? undefined : Object.freeze({ ...value });

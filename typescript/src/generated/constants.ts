@@ -38,6 +38,8 @@ export const HERMES_SESSION_KEY_HEADER = "X-Hermes-Session-Key";
 export const OPENCLAW_BASE_URL = "http://127.0.0.1:18789/v1";
 /** Env var holding the OpenClaw gateway token. */
 export const OPENCLAW_API_KEY_ENV = "OPENCLAW_API_KEY";
+/** The OpenClaw gateway's own token variable, read after OPENCLAW_API_KEY. */
+export const OPENCLAW_GATEWAY_TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN";
 /** Header that routes an OpenClaw session; carries the raw call id. */
 export const OPENCLAW_SESSION_HEADER = "x-openclaw-session-key";
 /** What an OpenClaw agent id may contain. */

@@ -8,14 +8,34 @@ import * as v from "../core/validate.js";
 export interface OpenAICompatibleLLMOptions {
   /** Bearer token for the endpoint. Wins over `apiKeyEnv`; with neither, no Authorization header is sent at all (keyless gateways). */
   apiKey?: string;
-  /** Name of the environment variable to read the key from when `apiKey` is not given. */
-  apiKeyEnv?: string;
+  /** Name of the environment variable to read the key from when `apiKey` is not given, or a list of names tried in order (the first non-empty one wins). */
+  apiKeyEnv?: string | readonly string[];
   /** Base URL of the OpenAI-compatible API, up to and including `/v1`; requests go to `{base_url}/chat/completions`. */
   baseUrl: string;
   /** Model name sent in every request. */
   model: string;
   /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Default: 60. */
   timeout?: number;
+  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only. */
+  firstTokenTimeout?: number;
+  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only. */
+  idleTimeout?: number;
+  /** Seconds the whole turn may take, from the request to the last event; unset: no limit. */
+  totalTimeout?: number;
+  /** Retries of a request that failed before its first byte with a connection error or HTTP 429, 502, 503 or 504, within `retryBudget`. Never a retry after an event was yielded. Default: 1. */
+  maxRetries?: number;
+  /** Seconds of waiting before retries, in all, for one turn; a Retry-After beyond what is left fails at once with the APIStatusError and its `retryAfter`. Default: 2. */
+  retryBudget?: number;
+  /** Whether the body carries `stream_options: {"include_usage": true}`: "on", "off", or "auto" (sent; a 400/422 naming it before any token is retried once without it, and the endpoint is remembered). Default: "auto". */
+  streamOptions?: string;
+  /** The body key `maxTokens` goes out under: "max_completion_tokens", "max_tokens", or "auto" (max_completion_tokens; a 400/422 naming it before any token is retried once with the other name, and the endpoint is remembered). Default: "auto". */
+  maxTokensField?: string;
+  /** Fields merged into every request body last (they override brainline's own). */
+  extraBody?: Readonly<Record<string, unknown>>;
+  /** Query parameters added to every request URL. */
+  extraQuery?: Readonly<Record<string, string>>;
+  /** What happens to model reasoning (`reasoningContent`, `reasoning`, `reasoningDetails`, `<think>` blocks in content): "emit" as reasoning events, or "drop". Never spoken as text. Default: "emit". */
+  reasoning?: string;
   /** Headers added to every request, after User-Agent (so they may override it). */
   extraHeaders?: Readonly<Record<string, string>>;
   /** User-Agent header value. Default: "brainline/0.1.0". */
@@ -71,6 +91,16 @@ export class OpenAICompatibleLLM extends BaseLLM {
     const baseUrl = options.baseUrl;
     const model = options.model;
     const timeout = options.timeout ?? 60;
+    const firstTokenTimeout = options.firstTokenTimeout;
+    const idleTimeout = options.idleTimeout;
+    const totalTimeout = options.totalTimeout;
+    const maxRetries = options.maxRetries ?? 1;
+    const retryBudget = options.retryBudget ?? 2;
+    const streamOptions = options.streamOptions ?? "auto";
+    const maxTokensField = options.maxTokensField ?? "auto";
+    const extraBody = options.extraBody;
+    const extraQuery = options.extraQuery;
+    const reasoning = options.reasoning ?? "emit";
     const extraHeaders = options.extraHeaders;
     const userAgent = options.userAgent ?? "brainline/0.1.0";
     const sessionUserPrefix = options.sessionUserPrefix;
@@ -92,7 +122,7 @@ export class OpenAICompatibleLLM extends BaseLLM {
     const toolChoice = options.toolChoice;
     v.checkType("apiKey", apiKey, "string", "a string");
     v.checkHeaderValue("apiKey", apiKey);
-    v.checkType("apiKeyEnv", apiKeyEnv, "string", "a string");
+    v.checkType("apiKeyEnv", apiKeyEnv, "string_or_string_list", "a string or a list of strings");
     v.requireOption("baseUrl", baseUrl);
     v.checkType("baseUrl", baseUrl, "string", "a string");
     v.checkUrl("baseUrl", baseUrl);
@@ -101,6 +131,29 @@ export class OpenAICompatibleLLM extends BaseLLM {
     v.checkNonEmpty("model", model);
     v.checkType("timeout", timeout, "number", "a number");
     v.checkExclusiveMinimum("timeout", timeout, 0);
+    v.checkType("firstTokenTimeout", firstTokenTimeout, "number", "a number");
+    v.checkExclusiveMinimum("firstTokenTimeout", firstTokenTimeout, 0);
+    v.checkType("idleTimeout", idleTimeout, "number", "a number");
+    v.checkExclusiveMinimum("idleTimeout", idleTimeout, 0);
+    v.checkType("totalTimeout", totalTimeout, "number", "a number");
+    v.checkExclusiveMinimum("totalTimeout", totalTimeout, 0);
+    v.checkType("maxRetries", maxRetries, "integer", "an integer");
+    v.checkMinimum("maxRetries", maxRetries, 0);
+    v.checkType("retryBudget", retryBudget, "number", "a number");
+    v.checkMinimum("retryBudget", retryBudget, 0);
+    v.checkType("streamOptions", streamOptions, "string", "a string");
+    v.checkChoice("streamOptions", streamOptions, ["on", "off", "auto"], "invalid_choice");
+    v.checkType("maxTokensField", maxTokensField, "string", "a string");
+    v.checkChoice(
+      "maxTokensField",
+      maxTokensField,
+      ["max_completion_tokens", "max_tokens", "auto"],
+      "invalid_choice",
+    );
+    v.checkType("extraBody", extraBody, "json_object", "an object");
+    v.checkType("extraQuery", extraQuery, "string_map", "an object of string values");
+    v.checkType("reasoning", reasoning, "string", "a string");
+    v.checkChoice("reasoning", reasoning, ["emit", "drop"], "invalid_choice");
     v.checkType("extraHeaders", extraHeaders, "headers", "an object of string header values");
     v.checkHeaderValue("extraHeaders", extraHeaders);
     v.checkType("userAgent", userAgent, "string", "a string");
@@ -137,11 +190,21 @@ export class OpenAICompatibleLLM extends BaseLLM {
     super({
       providerKey: "openai_compatible",
       apiKey: v.resolveApiKey(apiKey, apiKeyEnv),
-      apiKeyEnv,
+      apiKeyEnv: v.freezeList(apiKeyEnv),
       baseUrl,
       model,
       timeout,
-      extraHeaders: v.freezeHeaders(extraHeaders),
+      firstTokenTimeout,
+      idleTimeout,
+      totalTimeout,
+      maxRetries,
+      retryBudget,
+      streamOptions,
+      maxTokensField,
+      extraBody,
+      extraQuery: v.freezeMap(extraQuery),
+      reasoning,
+      extraHeaders: v.freezeMap(extraHeaders),
       userAgent,
       sessionUserPrefix,
       sessionIdHeader,

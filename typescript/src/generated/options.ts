@@ -7,14 +7,34 @@ export interface LLMConfig {
   readonly providerKey: string;
   /** Bearer token for the endpoint. Wins over `apiKeyEnv`; with neither, no Authorization header is sent at all (keyless gateways). */
   readonly apiKey: string | undefined;
-  /** Name of the environment variable to read the key from when `apiKey` is not given. */
-  readonly apiKeyEnv: string | undefined;
+  /** Name of the environment variable to read the key from when `apiKey` is not given, or a list of names tried in order (the first non-empty one wins). */
+  readonly apiKeyEnv: string | readonly string[] | undefined;
   /** Base URL of the OpenAI-compatible API, up to and including `/v1`; requests go to `{base_url}/chat/completions`. */
   readonly baseUrl: string;
   /** Model name sent in every request. */
   readonly model: string;
   /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). */
   readonly timeout: number;
+  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only. */
+  readonly firstTokenTimeout: number | undefined;
+  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only. */
+  readonly idleTimeout: number | undefined;
+  /** Seconds the whole turn may take, from the request to the last event; unset: no limit. */
+  readonly totalTimeout: number | undefined;
+  /** Retries of a request that failed before its first byte with a connection error or HTTP 429, 502, 503 or 504, within `retryBudget`. Never a retry after an event was yielded. */
+  readonly maxRetries: number;
+  /** Seconds of waiting before retries, in all, for one turn; a Retry-After beyond what is left fails at once with the APIStatusError and its `retryAfter`. */
+  readonly retryBudget: number;
+  /** Whether the body carries `stream_options: {"include_usage": true}`: "on", "off", or "auto" (sent; a 400/422 naming it before any token is retried once without it, and the endpoint is remembered). */
+  readonly streamOptions: string;
+  /** The body key `maxTokens` goes out under: "max_completion_tokens", "max_tokens", or "auto" (max_completion_tokens; a 400/422 naming it before any token is retried once with the other name, and the endpoint is remembered). */
+  readonly maxTokensField: string;
+  /** Fields merged into every request body last (they override brainline's own). */
+  readonly extraBody: Readonly<Record<string, unknown>> | undefined;
+  /** Query parameters added to every request URL. */
+  readonly extraQuery: Readonly<Record<string, string>> | undefined;
+  /** What happens to model reasoning (`reasoningContent`, `reasoning`, `reasoningDetails`, `<think>` blocks in content): "emit" as reasoning events, or "drop". Never spoken as text. */
+  readonly reasoning: string;
   /** Headers added to every request, after User-Agent (so they may override it). */
   readonly extraHeaders: Readonly<Record<string, string>> | undefined;
   /** User-Agent header value. */

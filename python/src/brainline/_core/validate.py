@@ -39,6 +39,7 @@ _TYPE_CHECKS: dict[str, Callable[[object], bool]] = {
         isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v))
     ),
     "headers": lambda v: _is_str_mapping(v, of_str=True),
+    "string_map": lambda v: _is_str_mapping(v, of_str=True),
     "json_object": lambda v: _is_str_mapping(v, of_str=False),
     "tool_choice": lambda v: isinstance(v, str) or _is_str_mapping(v, of_str=False),
     "session_key_factory": callable,
@@ -60,12 +61,16 @@ def or_default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def resolve_api_key(api_key: str | None, api_key_env: str | None) -> str | None:
-    """An explicit non-empty key wins; else the env var named by api_key_env; else None (keyless)."""
+def resolve_api_key(api_key: str | None, api_key_env: str | Sequence[str] | None) -> str | None:
+    """An explicit non-empty key wins; else the first non-empty env var named by api_key_env; else
+    None (keyless)."""
     if api_key:
         return api_key
-    if api_key_env:
-        return os.environ.get(api_key_env) or None
+    names = [api_key_env] if isinstance(api_key_env, str) else api_key_env or ()
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
     return None
 
 
@@ -155,7 +160,7 @@ def derive_prefixed(value: str, prefix: str, unless_contains: Sequence[str]) -> 
     return value if any(s in value for s in unless_contains) else prefix + value
 
 
-def freeze_headers(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
+def freeze_map(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
     """A private copy, so later changes to the caller's dict do not reach the wire."""
     return None if value is None else dict(value)
 

@@ -17,10 +17,20 @@ class HermesLLM(BaseLLM):
 
     Args:
         api_key: Bearer token for the endpoint. Wins over `api_key_env`; with neither, no Authorization header is sent at all (keyless gateways).
-        api_key_env: Name of the environment variable to read the key from when `api_key` is not given. Default: "API_SERVER_KEY".
+        api_key_env: Name of the environment variable to read the key from when `api_key` is not given, or a list of names tried in order (the first non-empty one wins). Default: "API_SERVER_KEY".
         base_url: Base URL of the OpenAI-compatible API, up to and including `/v1`; requests go to `{base_url}/chat/completions`. Default: "http://127.0.0.1:8642/v1".
         model: Model name sent in every request. Default: env `API_SERVER_MODEL_NAME`, else "hermes-agent".
         timeout: Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Default: 120.
+        first_token_timeout: Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only.
+        idle_timeout: Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only.
+        total_timeout: Seconds the whole turn may take, from the request to the last event; unset: no limit.
+        max_retries: Retries of a request that failed before its first byte with a connection error or HTTP 429, 502, 503 or 504, within `retry_budget`. Never a retry after an event was yielded. Default: 1.
+        retry_budget: Seconds of waiting before retries, in all, for one turn; a Retry-After beyond what is left fails at once with the APIStatusError and its `retry_after`. Default: 2.
+        stream_options: Whether the body carries `stream_options: {"include_usage": true}`: "on", "off", or "auto" (sent; a 400/422 naming it before any token is retried once without it, and the endpoint is remembered). Default: "auto".
+        max_tokens_field: The body key `max_tokens` goes out under: "max_completion_tokens", "max_tokens", or "auto" (max_completion_tokens; a 400/422 naming it before any token is retried once with the other name, and the endpoint is remembered). Default: "auto".
+        extra_body: Fields merged into every request body last (they override brainline's own).
+        extra_query: Query parameters added to every request URL.
+        reasoning: What happens to model reasoning (`reasoning_content`, `reasoning`, `reasoning_details`, `<think>` blocks in content): "emit" as reasoning events, or "drop". Never spoken as text. Default: "emit".
         extra_headers: Headers added to every request, after User-Agent (so they may override it).
         user_agent: User-Agent header value. Default: "brainline/0.1.0".
         session_user_prefix: When set and a call id is given, the body's `user` field is this prefix followed by the call id. Default: "patter-call-".
@@ -51,10 +61,20 @@ class HermesLLM(BaseLLM):
         self,
         api_key: str | None = None,
         *,
-        api_key_env: str = "API_SERVER_KEY",
+        api_key_env: str | Sequence[str] = "API_SERVER_KEY",
         base_url: str = "http://127.0.0.1:8642/v1",
         model: str | None = None,
         timeout: float = 120,
+        first_token_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        total_timeout: float | None = None,
+        max_retries: int = 1,
+        retry_budget: float = 2,
+        stream_options: str = "auto",
+        max_tokens_field: str = "auto",
+        extra_body: Mapping[str, Any] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        reasoning: str = "emit",
         extra_headers: Mapping[str, str] | None = None,
         user_agent: str = "brainline/0.1.0",
         session_user_prefix: str = "patter-call-",
@@ -79,6 +99,11 @@ class HermesLLM(BaseLLM):
         base_url = v.or_default(base_url, "http://127.0.0.1:8642/v1")
         model = v.from_env(model, "API_SERVER_MODEL_NAME", "hermes-agent")
         timeout = v.or_default(timeout, 120)
+        max_retries = v.or_default(max_retries, 1)
+        retry_budget = v.or_default(retry_budget, 2)
+        stream_options = v.or_default(stream_options, "auto")
+        max_tokens_field = v.or_default(max_tokens_field, "auto")
+        reasoning = v.or_default(reasoning, "emit")
         user_agent = v.or_default(user_agent, "brainline/0.1.0")
         session_user_prefix = v.or_default(session_user_prefix, "patter-call-")
         session_id_header = v.or_default(session_id_header, "X-Hermes-Session-Id")
@@ -86,13 +111,38 @@ class HermesLLM(BaseLLM):
         session_key_header = v.or_default(session_key_header, "X-Hermes-Session-Key")
         v.check_type("api_key", api_key, "string", "a string")
         v.check_header_value("api_key", api_key)
-        v.check_type("api_key_env", api_key_env, "string", "a string")
+        v.check_type(
+            "api_key_env", api_key_env, "string_or_string_list", "a string or a list of strings"
+        )
         v.check_type("base_url", base_url, "string", "a string")
         v.check_url("base_url", base_url)
         v.check_type("model", model, "string", "a string")
         v.check_non_empty("model", model)
         v.check_type("timeout", timeout, "number", "a number")
         v.check_exclusive_minimum("timeout", timeout, 0)
+        v.check_type("first_token_timeout", first_token_timeout, "number", "a number")
+        v.check_exclusive_minimum("first_token_timeout", first_token_timeout, 0)
+        v.check_type("idle_timeout", idle_timeout, "number", "a number")
+        v.check_exclusive_minimum("idle_timeout", idle_timeout, 0)
+        v.check_type("total_timeout", total_timeout, "number", "a number")
+        v.check_exclusive_minimum("total_timeout", total_timeout, 0)
+        v.check_type("max_retries", max_retries, "integer", "an integer")
+        v.check_minimum("max_retries", max_retries, 0)
+        v.check_type("retry_budget", retry_budget, "number", "a number")
+        v.check_minimum("retry_budget", retry_budget, 0)
+        v.check_type("stream_options", stream_options, "string", "a string")
+        v.check_choice("stream_options", stream_options, ["on", "off", "auto"], "invalid_choice")
+        v.check_type("max_tokens_field", max_tokens_field, "string", "a string")
+        v.check_choice(
+            "max_tokens_field",
+            max_tokens_field,
+            ["max_completion_tokens", "max_tokens", "auto"],
+            "invalid_choice",
+        )
+        v.check_type("extra_body", extra_body, "json_object", "an object")
+        v.check_type("extra_query", extra_query, "string_map", "an object of string values")
+        v.check_type("reasoning", reasoning, "string", "a string")
+        v.check_choice("reasoning", reasoning, ["emit", "drop"], "invalid_choice")
         v.check_type("extra_headers", extra_headers, "headers", "an object of string header values")
         v.check_header_value("extra_headers", extra_headers)
         v.check_type("user_agent", user_agent, "string", "a string")
@@ -134,11 +184,21 @@ class HermesLLM(BaseLLM):
             LLMConfig(
                 provider_key="hermes",
                 api_key=v.resolve_api_key(api_key, api_key_env),
-                api_key_env=api_key_env,
+                api_key_env=v.freeze_list(api_key_env),
                 base_url=base_url,
                 model=model,
                 timeout=timeout,
-                extra_headers=v.freeze_headers(extra_headers),
+                first_token_timeout=first_token_timeout,
+                idle_timeout=idle_timeout,
+                total_timeout=total_timeout,
+                max_retries=max_retries,
+                retry_budget=retry_budget,
+                stream_options=stream_options,
+                max_tokens_field=max_tokens_field,
+                extra_body=extra_body,
+                extra_query=v.freeze_map(extra_query),
+                reasoning=reasoning,
+                extra_headers=v.freeze_map(extra_headers),
                 user_agent=user_agent,
                 session_user_prefix=session_user_prefix,
                 session_id_header=session_id_header,

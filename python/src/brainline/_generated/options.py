@@ -17,14 +17,34 @@ class LLMConfig:
     provider_key: str
     api_key: str | None
     """Bearer token for the endpoint. Wins over `api_key_env`; with neither, no Authorization header is sent at all (keyless gateways)."""
-    api_key_env: str | None
-    """Name of the environment variable to read the key from when `api_key` is not given."""
+    api_key_env: str | Sequence[str] | None
+    """Name of the environment variable to read the key from when `api_key` is not given, or a list of names tried in order (the first non-empty one wins)."""
     base_url: str
     """Base URL of the OpenAI-compatible API, up to and including `/v1`; requests go to `{base_url}/chat/completions`."""
     model: str
     """Model name sent in every request."""
     timeout: float
     """Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10)."""
+    first_token_timeout: float | None
+    """Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only."""
+    idle_timeout: float | None
+    """Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only."""
+    total_timeout: float | None
+    """Seconds the whole turn may take, from the request to the last event; unset: no limit."""
+    max_retries: int
+    """Retries of a request that failed before its first byte with a connection error or HTTP 429, 502, 503 or 504, within `retry_budget`. Never a retry after an event was yielded."""
+    retry_budget: float
+    """Seconds of waiting before retries, in all, for one turn; a Retry-After beyond what is left fails at once with the APIStatusError and its `retry_after`."""
+    stream_options: str
+    """Whether the body carries `stream_options: {"include_usage": true}`: "on", "off", or "auto" (sent; a 400/422 naming it before any token is retried once without it, and the endpoint is remembered)."""
+    max_tokens_field: str
+    """The body key `max_tokens` goes out under: "max_completion_tokens", "max_tokens", or "auto" (max_completion_tokens; a 400/422 naming it before any token is retried once with the other name, and the endpoint is remembered)."""
+    extra_body: Mapping[str, Any] | None
+    """Fields merged into every request body last (they override brainline's own)."""
+    extra_query: Mapping[str, str] | None
+    """Query parameters added to every request URL."""
+    reasoning: str
+    """What happens to model reasoning (`reasoning_content`, `reasoning`, `reasoning_details`, `<think>` blocks in content): "emit" as reasoning events, or "drop". Never spoken as text."""
     extra_headers: Mapping[str, str] | None
     """Headers added to every request, after User-Agent (so they may override it)."""
     user_agent: str

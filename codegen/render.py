@@ -72,6 +72,20 @@ def checks(o: Option) -> list[tuple[str, list[Any]]]:
     return calls
 
 
+def cli_flag(o: Option) -> bool:
+    """Whether an option is a `brainline chat` flag: not a secret (argv is visible), not a callable."""
+    return not o.secret and o.type != "session_key_factory"
+
+
+def cli_options(spec: Spec) -> list[Option]:
+    """Every flag's option once, in spec order: the catalog, then provider-only options."""
+    seen: dict[str, Option] = {o.name: o for o in spec.catalog}
+    for p in spec.providers:
+        for o in p.arguments:
+            seen.setdefault(o.name, o)
+    return [o for o in seen.values() if cli_flag(o)]
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -91,6 +105,8 @@ def environment() -> jinja2.Environment:
     env.globals["TS"] = naming.TYPESCRIPT
     env.globals["RAW_PARAMS"] = naming.RAW_PARAMS
     env.globals["checks"] = checks
+    env.globals["cli_flag"] = cli_flag
+    env.globals["cli_options"] = cli_options
     return env
 
 
@@ -122,10 +138,12 @@ def render_all(spec: Spec) -> dict[str, str]:
     put(f"{py_gen}/errors.py.j2", [s["errors"]])
     put(f"{py_gen}/options.py.j2", [s["options"]])
     put(f"{py_gen}/registry.py.j2", provider_files)
+    put(f"{py_gen}/cli_options.py.j2", [s["options"], *provider_files])
     put(f"{ts_gen}/constants.ts.j2", [s["constants"], s["package"]])
     put(f"{ts_gen}/errors.ts.j2", [s["errors"]])
     put(f"{ts_gen}/options.ts.j2", [s["options"]])
     put(f"{ts_gen}/index.ts.j2", provider_files)
+    put(f"{ts_gen}/cli_options.ts.j2", [s["options"], *provider_files])
     for p in spec.providers:
         sources = [*p.sources, s["options"]]
         put(f"{py_gen}/provider.py.j2", sources, f"{py_gen}/{p.module}.py", p=p)

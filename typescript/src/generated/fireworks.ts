@@ -3,6 +3,7 @@
 import { BaseLLM } from "../core/client.js";
 import type { SessionContext } from "../core/session.js";
 import * as v from "../core/validate.js";
+import { buildConfig } from "./options.js";
 
 /** Options of {@link FireworksLLM}. */
 export interface FireworksLLMOptions {
@@ -120,109 +121,45 @@ export class FireworksLLM extends BaseLLM {
     const responseFormat = options.responseFormat;
     const parallelToolCalls = options.parallelToolCalls;
     const toolChoice = options.toolChoice;
-    v.checkType("apiKey", apiKey, "string", "a string");
-    v.checkHeaderValue("apiKey", apiKey);
-    v.checkType("apiKeyEnv", apiKeyEnv, "string_or_string_list", "a string or a list of strings");
-    v.checkType("baseUrl", baseUrl, "string", "a string");
-    v.checkUrl("baseUrl", baseUrl);
     v.requireOption("model", model);
-    v.checkType("model", model, "string", "a string");
-    v.checkNonEmpty("model", model);
-    v.checkType("timeout", timeout, "number", "a number");
-    v.checkExclusiveMinimum("timeout", timeout, 0);
-    v.checkType("firstTokenTimeout", firstTokenTimeout, "number", "a number");
-    v.checkExclusiveMinimum("firstTokenTimeout", firstTokenTimeout, 0);
-    v.checkType("idleTimeout", idleTimeout, "number", "a number");
-    v.checkExclusiveMinimum("idleTimeout", idleTimeout, 0);
-    v.checkType("totalTimeout", totalTimeout, "number", "a number");
-    v.checkExclusiveMinimum("totalTimeout", totalTimeout, 0);
-    v.checkType("maxRetries", maxRetries, "integer", "an integer");
-    v.checkMinimum("maxRetries", maxRetries, 0);
-    v.checkType("retryBudget", retryBudget, "number", "a number");
-    v.checkMinimum("retryBudget", retryBudget, 0);
-    v.checkType("streamOptions", streamOptions, "string", "a string");
-    v.checkChoice("streamOptions", streamOptions, ["on", "off", "auto"], "invalid_choice");
-    v.checkType("maxTokensField", maxTokensField, "string", "a string");
-    v.checkChoice(
-      "maxTokensField",
-      maxTokensField,
-      ["max_completion_tokens", "max_tokens", "auto"],
-      "invalid_choice",
+    super(
+      buildConfig("fireworks", {
+        apiKey,
+        apiKeyEnv,
+        baseUrl,
+        model,
+        timeout,
+        firstTokenTimeout,
+        idleTimeout,
+        totalTimeout,
+        maxRetries,
+        retryBudget,
+        streamOptions,
+        maxTokensField,
+        extraBody,
+        extraQuery,
+        reasoning,
+        extraHeaders,
+        userAgent,
+        sessionUserPrefix,
+        sessionIdHeader,
+        sessionIdPrefix,
+        sessionKeyHeader,
+        sessionKey,
+        sessionKeyFactory,
+        sessionKeyFrom,
+        temperature,
+        maxTokens,
+        topP,
+        frequencyPenalty,
+        presencePenalty,
+        stop,
+        seed,
+        responseFormat,
+        parallelToolCalls,
+        toolChoice,
+      }),
     );
-    v.checkType("extraBody", extraBody, "json_object", "an object");
-    v.checkType("extraQuery", extraQuery, "string_map", "an object of string values");
-    v.checkType("reasoning", reasoning, "string", "a string");
-    v.checkChoice("reasoning", reasoning, ["emit", "drop"], "invalid_choice");
-    v.checkType("extraHeaders", extraHeaders, "headers", "an object of string header values");
-    v.checkHeaderValue("extraHeaders", extraHeaders);
-    v.checkType("userAgent", userAgent, "string", "a string");
-    v.checkHeaderValue("userAgent", userAgent);
-    v.checkType("sessionUserPrefix", sessionUserPrefix, "string", "a string");
-    v.checkHeaderValue("sessionUserPrefix", sessionUserPrefix);
-    v.checkType("sessionIdHeader", sessionIdHeader, "string", "a string");
-    v.checkHeaderName("sessionIdHeader", sessionIdHeader);
-    v.checkType("sessionIdPrefix", sessionIdPrefix, "string", "a string");
-    v.checkHeaderValue("sessionIdPrefix", sessionIdPrefix);
-    v.checkType("sessionKeyHeader", sessionKeyHeader, "string", "a string");
-    v.checkHeaderName("sessionKeyHeader", sessionKeyHeader);
-    v.checkType("sessionKey", sessionKey, "string", "a string");
-    v.checkHeaderValue("sessionKey", sessionKey);
-    v.checkMaxLength("sessionKey", sessionKey, 256);
-    v.checkType("sessionKeyFactory", sessionKeyFactory, "session_key_factory", "a function");
-    v.checkType("sessionKeyFrom", sessionKeyFrom, "string", "a string");
-    v.checkChoice("sessionKeyFrom", sessionKeyFrom, ["caller_hash"], "invalid_session_key_from");
-    v.checkType("temperature", temperature, "number", "a number");
-    v.checkRange("temperature", temperature, 0, 2);
-    v.checkType("maxTokens", maxTokens, "integer", "an integer");
-    v.checkMinimum("maxTokens", maxTokens, 1);
-    v.checkType("topP", topP, "number", "a number");
-    v.checkRange("topP", topP, 0, 1);
-    v.checkType("frequencyPenalty", frequencyPenalty, "number", "a number");
-    v.checkRange("frequencyPenalty", frequencyPenalty, -2, 2);
-    v.checkType("presencePenalty", presencePenalty, "number", "a number");
-    v.checkRange("presencePenalty", presencePenalty, -2, 2);
-    v.checkType("stop", stop, "string_or_string_list", "a string or a list of strings");
-    v.checkType("seed", seed, "integer", "an integer");
-    v.checkType("responseFormat", responseFormat, "json_object", "an object");
-    v.checkType("parallelToolCalls", parallelToolCalls, "boolean", "a boolean");
-    v.checkType("toolChoice", toolChoice, "tool_choice", "a string or an object");
-    super({
-      providerKey: "fireworks",
-      apiKey: v.resolveApiKey(apiKey, apiKeyEnv),
-      apiKeyEnv: v.freezeList(apiKeyEnv),
-      baseUrl,
-      model,
-      timeout,
-      firstTokenTimeout,
-      idleTimeout,
-      totalTimeout,
-      maxRetries,
-      retryBudget,
-      streamOptions,
-      maxTokensField,
-      extraBody,
-      extraQuery: v.freezeMap(extraQuery),
-      reasoning,
-      extraHeaders: v.freezeMap(extraHeaders),
-      userAgent,
-      sessionUserPrefix,
-      sessionIdHeader,
-      sessionIdPrefix,
-      sessionKeyHeader,
-      sessionKey,
-      sessionKeyFactory,
-      sessionKeyFrom,
-      temperature,
-      maxTokens,
-      topP,
-      frequencyPenalty,
-      presencePenalty,
-      stop: v.freezeList(stop),
-      seed,
-      responseFormat,
-      parallelToolCalls,
-      toolChoice,
-    });
   }
 }
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from .._core import validate as v
 from .._core.client import BaseLLM
 from .._core.session import SessionContext
-from .options import LLMConfig
+from .options import build_config
 
 
 class LMStudioLLM(BaseLLM):
@@ -104,83 +104,12 @@ class LMStudioLLM(BaseLLM):
         reasoning = v.or_default(reasoning, "emit")
         user_agent = v.or_default(user_agent, "brainline/0.1.0")
         session_id_prefix = v.or_default(session_id_prefix, "")
-        v.check_type("api_key", api_key, "string", "a string")
-        v.check_header_value("api_key", api_key)
-        v.check_type(
-            "api_key_env", api_key_env, "string_or_string_list", "a string or a list of strings"
-        )
-        v.check_type("base_url", base_url, "string", "a string")
-        v.check_url("base_url", base_url)
         model = v.require_option("model", model)
-        v.check_type("model", model, "string", "a string")
-        v.check_non_empty("model", model)
-        v.check_type("timeout", timeout, "number", "a number")
-        v.check_exclusive_minimum("timeout", timeout, 0)
-        v.check_type("first_token_timeout", first_token_timeout, "number", "a number")
-        v.check_exclusive_minimum("first_token_timeout", first_token_timeout, 0)
-        v.check_type("idle_timeout", idle_timeout, "number", "a number")
-        v.check_exclusive_minimum("idle_timeout", idle_timeout, 0)
-        v.check_type("total_timeout", total_timeout, "number", "a number")
-        v.check_exclusive_minimum("total_timeout", total_timeout, 0)
-        v.check_type("max_retries", max_retries, "integer", "an integer")
-        v.check_minimum("max_retries", max_retries, 0)
-        v.check_type("retry_budget", retry_budget, "number", "a number")
-        v.check_minimum("retry_budget", retry_budget, 0)
-        v.check_type("stream_options", stream_options, "string", "a string")
-        v.check_choice("stream_options", stream_options, ["on", "off", "auto"], "invalid_choice")
-        v.check_type("max_tokens_field", max_tokens_field, "string", "a string")
-        v.check_choice(
-            "max_tokens_field",
-            max_tokens_field,
-            ["max_completion_tokens", "max_tokens", "auto"],
-            "invalid_choice",
-        )
-        v.check_type("extra_body", extra_body, "json_object", "an object")
-        v.check_type("extra_query", extra_query, "string_map", "an object of string values")
-        v.check_type("reasoning", reasoning, "string", "a string")
-        v.check_choice("reasoning", reasoning, ["emit", "drop"], "invalid_choice")
-        v.check_type("extra_headers", extra_headers, "headers", "an object of string header values")
-        v.check_header_value("extra_headers", extra_headers)
-        v.check_type("user_agent", user_agent, "string", "a string")
-        v.check_header_value("user_agent", user_agent)
-        v.check_type("session_user_prefix", session_user_prefix, "string", "a string")
-        v.check_header_value("session_user_prefix", session_user_prefix)
-        v.check_type("session_id_header", session_id_header, "string", "a string")
-        v.check_header_name("session_id_header", session_id_header)
-        v.check_type("session_id_prefix", session_id_prefix, "string", "a string")
-        v.check_header_value("session_id_prefix", session_id_prefix)
-        v.check_type("session_key_header", session_key_header, "string", "a string")
-        v.check_header_name("session_key_header", session_key_header)
-        v.check_type("session_key", session_key, "string", "a string")
-        v.check_header_value("session_key", session_key)
-        v.check_max_length("session_key", session_key, 256)
-        v.check_type(
-            "session_key_factory", session_key_factory, "session_key_factory", "a function"
-        )
-        v.check_type("session_key_from", session_key_from, "string", "a string")
-        v.check_choice(
-            "session_key_from", session_key_from, ["caller_hash"], "invalid_session_key_from"
-        )
-        v.check_type("temperature", temperature, "number", "a number")
-        v.check_range("temperature", temperature, 0, 2)
-        v.check_type("max_tokens", max_tokens, "integer", "an integer")
-        v.check_minimum("max_tokens", max_tokens, 1)
-        v.check_type("top_p", top_p, "number", "a number")
-        v.check_range("top_p", top_p, 0, 1)
-        v.check_type("frequency_penalty", frequency_penalty, "number", "a number")
-        v.check_range("frequency_penalty", frequency_penalty, -2, 2)
-        v.check_type("presence_penalty", presence_penalty, "number", "a number")
-        v.check_range("presence_penalty", presence_penalty, -2, 2)
-        v.check_type("stop", stop, "string_or_string_list", "a string or a list of strings")
-        v.check_type("seed", seed, "integer", "an integer")
-        v.check_type("response_format", response_format, "json_object", "an object")
-        v.check_type("parallel_tool_calls", parallel_tool_calls, "boolean", "a boolean")
-        v.check_type("tool_choice", tool_choice, "tool_choice", "a string or an object")
         super().__init__(
-            LLMConfig(
-                provider_key="lmstudio",
-                api_key=v.resolve_api_key(api_key, api_key_env),
-                api_key_env=v.freeze_list(api_key_env),
+            build_config(
+                "lmstudio",
+                api_key=api_key,
+                api_key_env=api_key_env,
                 base_url=base_url,
                 model=model,
                 timeout=timeout,
@@ -192,9 +121,9 @@ class LMStudioLLM(BaseLLM):
                 stream_options=stream_options,
                 max_tokens_field=max_tokens_field,
                 extra_body=extra_body,
-                extra_query=v.freeze_map(extra_query),
+                extra_query=extra_query,
                 reasoning=reasoning,
-                extra_headers=v.freeze_map(extra_headers),
+                extra_headers=extra_headers,
                 user_agent=user_agent,
                 session_user_prefix=session_user_prefix,
                 session_id_header=session_id_header,
@@ -208,7 +137,7 @@ class LMStudioLLM(BaseLLM):
                 top_p=top_p,
                 frequency_penalty=frequency_penalty,
                 presence_penalty=presence_penalty,
-                stop=v.freeze_list(stop),
+                stop=stop,
                 seed=seed,
                 response_format=response_format,
                 parallel_tool_calls=parallel_tool_calls,

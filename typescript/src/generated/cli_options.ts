@@ -43,13 +43,13 @@ export const OPTIONS: ReadonlyArray<CliOption> = [
     name: "firstTokenTimeout",
     flag: "--first-token-timeout",
     type: "number",
-    doc: "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only.",
+    doc: "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only.",
   },
   {
     name: "idleTimeout",
     flag: "--idle-timeout",
     type: "number",
-    doc: "Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only.",
+    doc: "Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only.",
   },
   {
     name: "totalTimeout",
@@ -141,7 +141,7 @@ export const OPTIONS: ReadonlyArray<CliOption> = [
     name: "maxTokens",
     flag: "--max-tokens",
     type: "integer",
-    doc: "Most tokens to generate; sent as `maxCompletionTokens`.",
+    doc: "Most tokens to generate; sent under the key `maxTokensField` chooses (`maxCompletionTokens` by default).",
   },
   { name: "topP", flag: "--top-p", type: "number", doc: "Nucleus sampling probability mass." },
   {

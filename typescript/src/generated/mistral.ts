@@ -17,9 +17,9 @@ export interface MistralLLMOptions {
   model: string;
   /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Default: 60. */
   timeout?: number;
-  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only. */
+  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only. */
   firstTokenTimeout?: number;
-  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only. */
+  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only. */
   idleTimeout?: number;
   /** Seconds the whole turn may take, from the request to the last event; unset: no limit. */
   totalTimeout?: number;
@@ -57,7 +57,7 @@ export interface MistralLLMOptions {
   sessionKeyFrom?: string;
   /** Sampling temperature. */
   temperature?: number;
-  /** Most tokens to generate; sent as `maxCompletionTokens`. */
+  /** Most tokens to generate; sent under the key `maxTokensField` chooses (`maxCompletionTokens` by default). */
   maxTokens?: number;
   /** Nucleus sampling probability mass. */
   topP?: number;

@@ -16,9 +16,9 @@ export interface LLMConfig {
   readonly model: string;
   /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). */
   readonly timeout: number;
-  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only. */
+  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only. */
   readonly firstTokenTimeout: number | undefined;
-  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only. */
+  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only. */
   readonly idleTimeout: number | undefined;
   /** Seconds the whole turn may take, from the request to the last event; unset: no limit. */
   readonly totalTimeout: number | undefined;
@@ -56,7 +56,7 @@ export interface LLMConfig {
   readonly sessionKeyFrom: string | undefined;
   /** Sampling temperature. */
   readonly temperature: number | undefined;
-  /** Most tokens to generate; sent as `maxCompletionTokens`. */
+  /** Most tokens to generate; sent under the key `maxTokensField` chooses (`maxCompletionTokens` by default). */
   readonly maxTokens: number | undefined;
   /** Nucleus sampling probability mass. */
   readonly topP: number | undefined;

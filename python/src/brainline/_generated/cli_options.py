@@ -53,13 +53,13 @@ OPTIONS: Final[tuple[CliOption, ...]] = (
         "first_token_timeout",
         "--first-token-timeout",
         "number",
-        "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only.",
+        "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only.",
     ),
     CliOption(
         "idle_timeout",
         "--idle-timeout",
         "number",
-        "Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only.",
+        "Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only.",
     ),
     CliOption(
         "total_timeout",
@@ -148,7 +148,7 @@ OPTIONS: Final[tuple[CliOption, ...]] = (
         "max_tokens",
         "--max-tokens",
         "integer",
-        "Most tokens to generate; sent as `max_completion_tokens`.",
+        "Most tokens to generate; sent under the key `max_tokens_field` chooses (`max_completion_tokens` by default).",
     ),
     CliOption("top_p", "--top-p", "number", "Nucleus sampling probability mass."),
     CliOption(

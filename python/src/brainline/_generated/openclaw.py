@@ -21,8 +21,8 @@ class OpenClawLLM(BaseLLM):
         api_key_env: Name of the environment variable to read the key from when `api_key` is not given, or a list of names tried in order (the first non-empty one wins). Default: ("OPENCLAW_API_KEY", "OPENCLAW_GATEWAY_TOKEN").
         base_url: Base URL of the OpenAI-compatible API, up to and including `/v1`; requests go to `{base_url}/chat/completions`. Default: "http://127.0.0.1:18789/v1".
         timeout: Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Default: 120.
-        first_token_timeout: Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only.
-        idle_timeout: Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only.
+        first_token_timeout: Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only.
+        idle_timeout: Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only.
         total_timeout: Seconds the whole turn may take, from the request to the last event; unset: no limit.
         max_retries: Retries of a request that failed before its first byte with a connection error or HTTP 429, 502, 503 or 504, within `retry_budget`. Never a retry after an event was yielded. Default: 1.
         retry_budget: Seconds of waiting before retries, in all, for one turn; a Retry-After beyond what is left fails at once with the APIStatusError and its `retry_after`. Default: 2.
@@ -41,7 +41,7 @@ class OpenClawLLM(BaseLLM):
         session_key_factory: Called once per turn with the SessionContext (call id, caller, callee, caller hash); a non-empty return value becomes the memory-scope header.
         session_key_from: "caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire.
         temperature: Sampling temperature.
-        max_tokens: Most tokens to generate; sent as `max_completion_tokens`.
+        max_tokens: Most tokens to generate; sent under the key `max_tokens_field` chooses (`max_completion_tokens` by default).
         top_p: Nucleus sampling probability mass.
         frequency_penalty: Penalty for tokens by how often they already appeared.
         presence_penalty: Penalty for tokens that already appeared at all.

@@ -27,9 +27,9 @@ class LLMConfig:
     timeout: float
     """Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10)."""
     first_token_timeout: float | None
-    """Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. None: bounded by `timeout` only."""
+    """Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only."""
     idle_timeout: float | None
-    """Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). None: bounded by `timeout` only."""
+    """Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only."""
     total_timeout: float | None
     """Seconds the whole turn may take, from the request to the last event; unset: no limit."""
     max_retries: int
@@ -67,7 +67,7 @@ class LLMConfig:
     temperature: float | None
     """Sampling temperature."""
     max_tokens: int | None
-    """Most tokens to generate; sent as `max_completion_tokens`."""
+    """Most tokens to generate; sent under the key `max_tokens_field` chooses (`max_completion_tokens` by default)."""
     top_p: float | None
     """Nucleus sampling probability mass."""
     frequency_penalty: float | None

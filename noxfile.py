@@ -84,6 +84,22 @@ def parity(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-q", "tests/parity", *session.posargs)
 
 
+BENCH_PY = ["openai==3.57.0", "getpatter==0.7.0", "litellm==1.110.2"]
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed beside the clients users pick instead (docs/BENCHMARKS.md); off by default."""
+    session.install(*_group("test"))
+    session.install("-e", "python")
+    session.install(*BENCH_PY)  # bench-only comparison clients, never runtime dependencies
+    _npm_ci(session)
+    _npm(session, "build")
+    node_dir = str(ROOT / "tests" / "bench" / "node")
+    session.run("npm", "ci", "--prefix", node_dir, "--no-audit", "--no-fund", external=True)
+    session.run("python", "tests/bench/run.py", *session.posargs)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """A streamed turn in both languages against the embedded mock server."""
@@ -91,3 +107,105 @@ def demo(session: nox.Session) -> None:
     _npm_ci(session)
     _npm(session, "build")
     session.run("python", "docs/examples/demo.py", "--node", TS)
+
+
+# Package checkers run with `npx --yes` at pinned versions (not devDependencies of the package).
+# attw needs Node 20+ to run; the package it checks still supports Node 18.
+PUBLINT = "publint@0.3.25"
+ATTW = "@arethetypeswrong/cli@0.18.5"
+DIST = ROOT / "dist"
+
+
+def _artifacts() -> tuple[Path, Path, Path]:
+    """(wheel, sdist, npm tarball) in dist/, exactly one of each."""
+    found = [sorted(DIST.glob(pattern)) for pattern in ("*.whl", "*.tar.gz", "*.tgz")]
+    if any(len(f) != 1 for f in found):
+        raise RuntimeError(f"dist/ should hold one wheel, one sdist, one npm tarball: {found}")
+    return found[0][0], found[1][0], found[2][0]
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build the wheel, the sdist and the npm tarball into dist/, check them, and run one streamed
+    turn through each installed artifact (fresh venv; fresh npm project, ESM and CommonJS)."""
+    import filecmp
+    import shutil
+    import tempfile
+
+    session.install(*_group("release"))
+    _npm_ci(session)
+    for copy in ("python/LICENSE", "typescript/LICENSE"):
+        if not filecmp.cmp(ROOT / "LICENSE", ROOT / copy, shallow=False):
+            session.error(f"{copy} differs from LICENSE: copy it again")
+    shutil.rmtree(DIST, ignore_errors=True)
+    DIST.mkdir()
+    session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT / "python"))
+    _npm(session, "build")
+    session.run("npm", "pack", TS, "--pack-destination", str(DIST), external=True)
+    wheel, sdist, tarball = _artifacts()
+    session.run("twine", "check", "--strict", str(wheel), str(sdist))
+    session.run("npx", "--yes", PUBLINT, "--strict", TS, external=True)
+    session.run("npx", "--yes", ATTW, str(tarball), external=True)
+    with tempfile.TemporaryDirectory(prefix="brainline-smoke-") as tmp:
+        venv = Path(tmp) / "venv"
+        session.run("python", "-m", "venv", str(venv))
+        py = str(venv / "bin" / "python")
+        session.run(
+            py,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(wheel),
+            external=True,
+        )
+        session.run(py, str(ROOT / "tests/release/smoke.py"), env={"PYTHONPATH": ""}, external=True)
+        project = Path(tmp) / "project"
+        project.mkdir()
+        (project / "package.json").write_text('{"name": "smoke", "private": true}\n')
+        for script in ("smoke.mjs", "smoke.cjs"):
+            shutil.copy(ROOT / "tests/release" / script, project / script)
+        env = {"BRAINLINE_PYTHON": py, "PYTHONPATH": ""}
+        with session.chdir(project):
+            session.run("npm", "install", "--no-audit", "--no-fund", str(tarball), external=True)
+            session.run("node", "smoke.mjs", env=env, external=True)
+            session.run("node", "smoke.cjs", env=env, external=True)
+            session.run("npx", "--no", "brainline", "chat", "hi", env=env, external=True)
+
+
+@nox.session(requires=["build"])
+def publish(session: nox.Session) -> None:
+    """Upload dist/ to PyPI and npm: a dry run unless `-- --really`, with TWINE_PASSWORD and
+    NPM_TOKEN from the environment (CI publishes with .github/workflows/release.yml instead)."""
+    import tempfile
+
+    really = "--really" in session.posargs
+    session.install(*_group("release"))
+    wheel, sdist, tarball = _artifacts()
+    if not really:
+        session.log(f"dry run: would upload {wheel.name} and {sdist.name} to PyPI")
+        session.run(
+            "npm", "publish", str(tarball), "--dry-run", "--access", "public", external=True
+        )
+        session.log("dry run only: `nox -s publish -- --really` uploads")
+        return
+    missing = [name for name in ("TWINE_PASSWORD", "NPM_TOKEN") if not os.environ.get(name)]
+    if missing:
+        session.error(f"--really needs {' and '.join(missing)} in the environment")
+    env = {"TWINE_USERNAME": os.environ.get("TWINE_USERNAME", "__token__")}
+    session.run("twine", "upload", "--non-interactive", str(wheel), str(sdist), env=env)
+    with tempfile.TemporaryDirectory(prefix="brainline-npm-") as tmp:
+        npmrc = Path(tmp) / ".npmrc"
+        # npm expands ${NPM_TOKEN} itself, so the token never appears in a command line or log
+        npmrc.write_text("//registry.npmjs.org/:_authToken=${NPM_TOKEN}\n")
+        session.run(
+            "npm",
+            "publish",
+            str(tarball),
+            "--access",
+            "public",
+            "--userconfig",
+            str(npmrc),
+            external=True,
+        )

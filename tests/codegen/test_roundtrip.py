@@ -27,9 +27,11 @@ def test_changing_a_default_changes_both_classes_docs_and_both_tests(
     changed = sorted(k for k in after if before.get(k) != after[k])
     assert changed == [
         "docs/reference/providers.md",
+        "python/src/brainline/_generated/cli_options.py",
         "python/src/brainline/_generated/hermes.py",
         "python/tests/generated/test_spec.py",
         "spec/providers/hermes.yaml",
+        "typescript/src/generated/cli_options.ts",
         "typescript/src/generated/hermes.ts",
         "typescript/test/generated/spec.test.ts",
     ]

@@ -41,6 +41,10 @@ PROVIDER_CLASSES = {
     "openai_compatible": "OpenAICompatibleLLM",
     "hermes": "HermesLLM",
     "openclaw": "OpenClawLLM",
+    "ollama": "OllamaLLM",
+    "lmstudio": "LMStudioLLM",
+    "vllm": "VLLMLLM",
+    "mistral": "MistralLLM",
 }
 
 # Added by the HTTP library, not by brainline: they differ between httpx and undici and are not

@@ -18,6 +18,10 @@ const PROVIDER_CLASSES = {
   openai_compatible: "OpenAICompatibleLLM",
   hermes: "HermesLLM",
   openclaw: "OpenClawLLM",
+  ollama: "OllamaLLM",
+  lmstudio: "LMStudioLLM",
+  vllm: "VLLMLLM",
+  mistral: "MistralLLM",
 };
 const CANCEL_PROMPT_MS = 1000;
 const CLOSE_WAIT_MS = 2000;

@@ -15,6 +15,7 @@ export {
   assembleToolCalls,
   type Event,
   type FinishEvent,
+  type ProgressEvent,
   type ReasoningEvent,
   type TextEvent,
   type ToolCall,

@@ -16,6 +16,7 @@ from ._core.errors import (
 from ._core.events import (
     Event,
     FinishEvent,
+    ProgressEvent,
     ReasoningEvent,
     TextEvent,
     ToolCall,
@@ -45,6 +46,7 @@ __all__ = [
     "Event",
     "FinishEvent",
     "LLMConfig",
+    "ProgressEvent",
     "ReasoningEvent",
     "SessionContext",
     "StreamError",

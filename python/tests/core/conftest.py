@@ -39,6 +39,11 @@ def make_config(**overrides: Any) -> LLMConfig:
         "session_key": None,
         "session_key_factory": None,
         "session_key_from": None,
+        # Transport: the spec's defaults, except no retries unless a test asks for them.
+        "max_retries": 0,
+        "retry_budget": 2.0,
+        "stream_options": "auto",
+        "max_tokens_field": "auto",
     }
     values.update({f.name: None for f in dataclasses.fields(LLMConfig) if f.name not in values})
     values.update(overrides)

@@ -334,6 +334,11 @@ async def test_comments_named_events_and_crlf_are_handled(server: LoopbackServer
     server.handler = serve(stream)
     llm = make_llm(server)
     assert await collect(llm.stream(MESSAGES)) == [
+        {
+            "type": "progress",
+            "event": "hermes.tool.progress",
+            "data": {"tool_call_id": "t", "status": "running"},
+        },
         {"type": "text", "content": "hi"},
         {"type": "finish", "reason": "stop"},
     ]

@@ -1,10 +1,51 @@
 import { type StreamError, makeError } from "./errors.js";
-import type { FinishReason, Event, ToolCallEvent } from "./events.js";
+import type { FinishReason, Event, ProgressEvent, ToolCallEvent } from "./events.js";
 
 type JsonObject = Record<string, unknown>;
 
 function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** JSON's whitespace, the same in both languages. */
+const LEADING_BLANK = /^[ \t\r\n]+/;
+const OPEN = "<think>";
+const CLOSE = "</think>";
+
+/** How many characters at the end of buf could be the start of tag (0 when none). */
+function heldBack(buf: string, tag: string): number {
+  const at = buf.lastIndexOf("<");
+  return at >= 0 && at > buf.length - tag.length && tag.startsWith(buf.slice(at))
+    ? buf.length - at
+    : 0;
+}
+
+/** The text of `reasoning_details` (DeepSeek V3.2, OpenRouter): a list of objects with `text`. */
+function detailsText(details: unknown): string | undefined {
+  if (!Array.isArray(details)) return undefined;
+  let text = "";
+  for (const item of details) {
+    if (isObject(item) && typeof item.text === "string") text += item.text;
+  }
+  return text || undefined;
+}
+
+/** Blank data, or data starting with `:` (`data: : keepalive` from proxies): not a chunk. */
+function keepAlive(data: string): boolean {
+  const stripped = data.replace(LEADING_BLANK, "");
+  return stripped === "" || stripped[0] === ":";
+}
+
+/** At most max code points of text (Python slices strings the same way). */
+function cut(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let out = "";
+  let n = 0;
+  for (const char of text) {
+    if (n++ === max) break;
+    out += char;
+  }
+  return out;
 }
 
 function count(value: unknown): number {
@@ -35,6 +76,31 @@ export class TurnState {
   private readonly slots = new Map<number, { id: string | null; name: string | null }>();
   private lastIndex: number | undefined = undefined;
   private nextIndex = 0;
+  private readonly emitReasoning: boolean;
+  /** Reasoning dropped since the last takeDropped(): still progress. */
+  private dropped = false;
+  // <think> blocks in content: inside one, the content held back because it may be the start of
+  // a tag, and whether no content came yet (a leading stray </think> then ends reasoning).
+  private think = false;
+  private held = "";
+  private fresh = true;
+  /** Outside a block with nothing held: content without "<" is plain text. */
+  private plain = true;
+
+  /** `reasoning`: "emit" (reasoning events) or "drop" (none); never text either way. */
+  constructor(reasoning = "emit") {
+    this.emitReasoning = reasoning !== "drop";
+  }
+
+  /**
+   * Whether reasoning was dropped (reasoning "drop") since the last call: it is progress for the
+   * first-token and idle clocks even though no event carries it.
+   */
+  takeDropped(): boolean {
+    const dropped = this.dropped;
+    this.dropped = false;
+    return dropped;
+  }
 
   /** The events of one parsed chunk: reasoning, text, tool calls; remembers finish and usage. */
   feed(chunk: unknown): Event[] {
@@ -46,12 +112,24 @@ export class TurnState {
     if (isObject(choice)) {
       const delta = choice.delta;
       if (isObject(delta)) {
-        const reasoning = nonEmpty(delta.reasoning_content) ?? nonEmpty(delta.reasoning);
-        if (reasoning !== undefined) events.push({ type: "reasoning", content: reasoning });
+        // One reasoning field per chunk: OpenRouter sends the same text in two.
+        const reasoning =
+          nonEmpty(delta.reasoning_content) ??
+          nonEmpty(delta.reasoning) ??
+          detailsText(delta.reasoning_details);
+        if (reasoning !== undefined) {
+          if (this.emitReasoning) events.push({ type: "reasoning", content: reasoning });
+          else this.dropped = true;
+        }
         const content = nonEmpty(delta.content);
         if (content !== undefined) {
-          this.text += content;
-          events.push({ type: "text", content });
+          if (this.plain && !content.includes("<")) {
+            this.fresh = false;
+            this.text += content;
+            events.push({ type: "text", content });
+          } else {
+            this.content(content, events);
+          }
         }
         if (Array.isArray(delta.tool_calls)) {
           for (const call of delta.tool_calls) {
@@ -61,13 +139,129 @@ export class TurnState {
       }
       if (typeof choice.finish_reason === "string") this.finishReason = choice.finish_reason;
     }
-    if (isObject(chunk.usage)) this.usage = chunk.usage;
+    if (isObject(chunk.usage)) {
+      this.usage = chunk.usage;
+    } else if (isObject(chunk.x_groq) && isObject(chunk.x_groq.usage)) {
+      this.usage = chunk.x_groq.usage; // Groq puts usage under x_groq
+    }
     return events;
+  }
+
+  /**
+   * The events of one dispatched SSE event other than `[DONE]`. Blank data and data starting with
+   * `:` (a keep-alive a proxy wrapped in `data:`) give nothing. An event named `error` throws
+   * StreamError `server_error`; another named event is a progress event (its data parsed as JSON,
+   * else kept as a string); an unnamed (or `message`) event is a chunk, and data that is not JSON
+   * throws StreamError `malformed`.
+   */
+  feedEvent(name: string | undefined, data: string): Event[] {
+    if (name === undefined || name === "message") {
+      let chunk: unknown;
+      try {
+        chunk = JSON.parse(data);
+      } catch (err) {
+        if (keepAlive(data)) return [];
+        throw this.malformed(`data is not JSON: ${cut(data, 200)}`, err);
+      }
+      return this.feed(chunk);
+    }
+    if (keepAlive(data)) return [];
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(data);
+    } catch {
+      parsed = data;
+    }
+    if (name === "error") {
+      const error = isObject(parsed) ? parsed.error : undefined;
+      throw this.serverError(error === undefined || error === null ? parsed : error);
+    }
+    const event: ProgressEvent = { type: "progress", event: name, data: parsed };
+    return [event];
+  }
+
+  /**
+   * All the events of a whole 2xx JSON answer (a server that ignored `stream`). An error object
+   * throws StreamError `server_error`; a `chat.completion` gives the events a stream would have
+   * given, finish included; an empty body or anything else throws StreamError `malformed`, never a
+   * silent empty turn.
+   */
+  feedBody(text: string): Event[] {
+    if (text.replace(LEADING_BLANK, "") === "") throw this.malformed("empty response body");
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      throw this.malformed(`data is not JSON: ${cut(text, 200)}`, err);
+    }
+    if (
+      !isObject(body) ||
+      (!("choices" in body) && (body.error === undefined || body.error === null))
+    ) {
+      throw this.malformed(`not a chat completion: ${cut(text, 200)}`);
+    }
+    return [...this.feed(completionToChunk(body)), ...this.finish(true)];
+  }
+
+  /** StreamError malformed with the text so far. */
+  malformed(detail: string, cause?: unknown): StreamError {
+    return makeError("malformed", { detail, partialText: this.text, cause }) as StreamError;
+  }
+
+  /** Content that may hold `<think>` tags, split anywhere across chunks. */
+  private content(content: string, events: Event[]): void {
+    let buf = this.held + content;
+    this.held = "";
+    if (this.fresh) {
+      if (buf.length < CLOSE.length && CLOSE.startsWith(buf)) {
+        this.held = buf;
+        this.plain = false;
+        return;
+      }
+      this.fresh = false;
+      // Some servers leave out the opening tag: a leading </think> ends the reasoning.
+      if (buf.startsWith(CLOSE)) buf = buf.slice(CLOSE.length);
+    }
+    while (buf !== "") {
+      const tag = this.think ? CLOSE : OPEN;
+      const at = buf.indexOf(tag);
+      if (at < 0) {
+        const keep = heldBack(buf, tag);
+        if (keep > 0) {
+          this.held = buf.slice(buf.length - keep);
+          buf = buf.slice(0, buf.length - keep);
+        }
+        this.emit(buf, events);
+        break;
+      }
+      this.emit(buf.slice(0, at), events);
+      this.think = !this.think;
+      buf = buf.slice(at + tag.length);
+    }
+    this.plain = !this.think && this.held === "";
+  }
+
+  private emit(piece: string, events: Event[]): void {
+    if (piece === "") return;
+    if (this.think) {
+      if (this.emitReasoning) events.push({ type: "reasoning", content: piece });
+      else this.dropped = true;
+    } else {
+      this.text += piece;
+      events.push({ type: "text", content: piece });
+    }
   }
 
   /** The closing events: one usage event if any usage was seen, then the finish event. */
   finish(done: boolean): Event[] {
     const events: Event[] = [];
+    if (this.held !== "") {
+      // Content held back as a possible tag, as what it turned out to be.
+      const held = this.held;
+      this.held = "";
+      this.plain = !this.think;
+      this.emit(held, events);
+    }
     if (this.usage !== undefined) {
       const details = this.usage.prompt_tokens_details;
       const cached = isObject(details) ? count(details.cached_tokens) : 0;
@@ -93,8 +287,8 @@ export class TurnState {
 
   /** StreamError server_error with the server's message and the text so far. */
   serverError(error: unknown): StreamError {
-    const detail =
-      isObject(error) && typeof error.message === "string" ? error.message : JSON.stringify(error);
+    const message = isObject(error) ? error.message : error;
+    const detail = typeof message === "string" ? message : JSON.stringify(error);
     return makeError("server_error", { detail, partialText: this.text }) as StreamError;
   }
 
@@ -153,7 +347,12 @@ export function completionToChunk(body: unknown): unknown {
   const choices = body.choices;
   const choice = Array.isArray(choices) ? choices[0] : undefined;
   if (!isObject(choice)) return { ...body, choices: [] };
-  const message = isObject(choice.message) ? choice.message : {};
+  // A lone chunk sent as JSON has a delta instead of a message.
+  const message = isObject(choice.message)
+    ? choice.message
+    : isObject(choice.delta)
+      ? choice.delta
+      : {};
   const delta: JsonObject = { ...message };
   if (Array.isArray(message.tool_calls)) {
     delta.tool_calls = message.tool_calls.map((call: unknown, index) =>

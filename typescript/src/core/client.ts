@@ -1,11 +1,12 @@
 import {
   CONNECT_TIMEOUT_CAP,
   ERROR_BODY_MAX_BYTES,
+  SESSION_KEY_MAX_LENGTH,
   SSE_MAX_EVENT_BYTES,
   WARMUP_TIMEOUT,
 } from "../generated/constants.js";
 import { BODY_FIELDS, type LLMConfig } from "../generated/options.js";
-import { TurnState, completionToChunk } from "./chunks.js";
+import { TurnState } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
 import {
   type Event,
@@ -29,26 +30,115 @@ export interface StreamOptions {
 /** The longest delay setTimeout accepts; longer ones would fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const HEADER_UNSAFE = /[\r\n\0]/;
+/** The wire key of maxTokens in BODY_FIELDS. */
+const MAX_TOKENS_WIRE = "max_completion_tokens";
+const RETRY_STATUSES = new Set([429, 502, 503, 504]);
+/** Seconds before the first retry without Retry-After; doubled each time. */
+const RETRY_BACKOFF = 0.2;
+const DIALECT_STATUSES = new Set([400, 422]);
+const PROGRESS = new Set<string>(["text", "tool_call", "reasoning"]);
+
+type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
 
 /**
- * One request's abort controller, linked to the caller's signal, and the timer that bounds each
- * wait (for the headers, then for every read) to `timeout`. Node 18 has no AbortSignal.any.
+ * One turn's abort controller (a new one per attempt), linked to the caller's signal, and the one
+ * timer that bounds each wait (for the headers, then for every read) to `timeout` and the turn to
+ * its first-token, idle and total clocks. Node 18 has no AbortSignal.any.
  */
 class Exchange {
-  readonly controller = new AbortController();
+  controller = new AbortController();
   cancelled = false;
   timedOut = false;
+  /** The turn clock that ran out, if one did. */
+  clock: ClockCode | undefined = undefined;
   /** The body was read to its end: nothing to abort, the connection went back to the pool. */
   finished = false;
+  readonly watchesProgress: boolean;
   private timer: ReturnType<typeof setTimeout> | undefined = undefined;
+  private armedAt = Infinity;
   private deadline = 0;
   private waiting = false;
+  private totalAt: number;
+  private phaseAt: number;
+  private phase: ClockCode = "first_token_timeout";
 
   constructor(
     private readonly signal: AbortSignal | undefined,
     private readonly ms: number,
+    private readonly config: LLMConfig,
   ) {
     signal?.addEventListener("abort", this.cancel);
+    const now = Date.now();
+    this.totalAt = config.totalTimeout == null ? Infinity : now + config.totalTimeout * 1000;
+    this.phaseAt =
+      config.firstTokenTimeout == null ? Infinity : now + config.firstTokenTimeout * 1000;
+    this.watchesProgress = config.firstTokenTimeout != null || config.idleTimeout != null;
+  }
+
+  /** A chunk carried text, a tool call or reasoning: the idle clock starts over. */
+  progress(): void {
+    this.phase = "idle_timeout";
+    const idle = this.config.idleTimeout;
+    this.phaseAt = idle == null ? Infinity : Date.now() + idle * 1000;
+    // A timer armed for an earlier deadline re-arms itself for this one when it fires; one armed
+    // for a later one (a read, the total, a longer first-token clock) is dropped: the next wait
+    // arms one for this deadline.
+    if (this.timer !== undefined && this.phaseAt < this.armedAt) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+  }
+
+  /** The answer is complete: no turn clock runs any more. */
+  stopClocks(): void {
+    this.phaseAt = Infinity;
+    this.totalAt = Infinity;
+  }
+
+  /** The APITimeoutError of the clock that ran out. */
+  clockError(url: string): BrainlineError {
+    const code = this.clock ?? "total_timeout";
+    const config = this.config;
+    const timeout =
+      code === "total_timeout"
+        ? config.totalTimeout
+        : code === "first_token_timeout"
+          ? config.firstTokenTimeout
+          : config.idleTimeout;
+    return makeError(code, { url, timeout });
+  }
+
+  /** A fresh controller for the next attempt; the last one is aborted unless its body ended. */
+  renew(): void {
+    if (!this.finished) this.controller.abort();
+    this.controller = new AbortController();
+    this.finished = false;
+  }
+
+  /** Wait before a retry: `ms`, or less when the turn is cancelled or a clock runs out. */
+  async sleep(ms: number): Promise<void> {
+    this.startWait(false);
+    const signal = this.controller.signal;
+    try {
+      await new Promise<void>((resolve) => {
+        if (signal.aborted) return resolve();
+        const done = (): void => {
+          clearTimeout(timer);
+          signal.removeEventListener("abort", done);
+          resolve();
+        };
+        const timer = setTimeout(done, Math.min(ms, MAX_TIMER_MS));
+        signal.addEventListener("abort", done);
+      });
+    } finally {
+      this.endWait();
+    }
+  }
+
+  private turnClock(now: number): ClockCode | undefined {
+    if (now >= this.totalAt) return "total_timeout";
+    if (now >= this.phaseAt) return this.phase;
+    return undefined;
   }
 
   readonly cancel = (): void => {
@@ -56,12 +146,28 @@ class Exchange {
     this.controller.abort();
   };
 
-  /** Bound the wait that starts now. One timer serves every wait: it re-arms itself if needed. */
-  startWait(): void {
+  /**
+   * Bound the wait that starts now (by `timeout` unless `bounded` is false, and by the turn
+   * clocks). One timer serves every wait: it re-arms itself if needed. A clock that ran out while
+   * the caller held an event ends the turn here, at once.
+   */
+  startWait(bounded = true): void {
     this.waiting = true;
-    this.deadline = Date.now() + this.ms;
-    if (this.timer === undefined)
-      this.timer = setTimeout(this.expire, Math.min(this.ms, MAX_TIMER_MS));
+    const now = Date.now();
+    this.deadline = bounded ? now + this.ms : Infinity;
+    const clock = this.turnClock(now);
+    if (clock !== undefined) {
+      this.clock = clock;
+      this.controller.abort();
+      return;
+    }
+    if (this.timer === undefined) {
+      const at = Math.min(this.deadline, this.totalAt, this.phaseAt);
+      if (at !== Infinity) {
+        this.armedAt = at;
+        this.timer = setTimeout(this.expire, Math.min(at - now, MAX_TIMER_MS));
+      }
+    }
   }
 
   endWait(): void {
@@ -71,9 +177,19 @@ class Exchange {
   private readonly expire = (): void => {
     this.timer = undefined;
     if (!this.waiting) return;
-    const left = this.deadline - Date.now();
-    if (left > 0) {
-      this.timer = setTimeout(this.expire, Math.min(left, MAX_TIMER_MS));
+    const now = Date.now();
+    const clock = this.turnClock(now);
+    if (clock !== undefined) {
+      this.clock = clock;
+      this.controller.abort();
+      return;
+    }
+    const at = Math.min(this.deadline, this.totalAt, this.phaseAt);
+    if (at > now) {
+      if (at !== Infinity) {
+        this.armedAt = at;
+        this.timer = setTimeout(this.expire, Math.min(at - now, MAX_TIMER_MS));
+      }
       return;
     }
     this.timedOut = true;
@@ -110,9 +226,24 @@ export class BaseLLM {
 
   private readonly llmConfig: LLMConfig;
   private readonly active = new Set<Exchange>();
+  /** In messages: without extraQuery. */
+  private readonly url: string;
+  private readonly requestUrl: string;
+  private readonly modelsUrl: string;
+  // The dialect this endpoint speaks; in "auto" mode a 400/422 naming a field changes it.
+  private sendStreamOptions: boolean;
+  private maxTokensKey: string;
 
   constructor(config: LLMConfig) {
     this.llmConfig = Object.isFrozen(config) ? config : Object.freeze({ ...config });
+    const base = this.llmConfig.baseUrl.replace(/\/+$/, "");
+    const query = queryString(this.llmConfig.extraQuery);
+    this.url = `${base}/chat/completions`;
+    this.requestUrl = this.url + query;
+    this.modelsUrl = `${base}/models${query}`;
+    this.sendStreamOptions = this.llmConfig.streamOptions !== "off";
+    this.maxTokensKey =
+      this.llmConfig.maxTokensField === "max_tokens" ? "max_tokens" : MAX_TOKENS_WIRE;
   }
 
   /** The resolved configuration (read-only). */
@@ -141,34 +272,15 @@ export class BaseLLM {
     if (signal?.aborted) return;
 
     const config = this.llmConfig;
-    const url = `${config.baseUrl.replace(/\/+$/, "")}/chat/completions`;
-    const exchange = new Exchange(signal, config.timeout * 1000);
+    const url = this.url;
+    const exchange = new Exchange(signal, config.timeout * 1000, config);
     this.active.add(exchange);
-    const state = new TurnState();
+    const state = new TurnState(config.reasoning);
     try {
-      let response: Response;
-      exchange.startWait();
-      try {
-        response = await fetch(url, {
-          method: "POST",
-          headers,
-          body,
-          signal: exchange.controller.signal,
-        });
-      } catch (err) {
-        if (exchange.cancelled) return;
-        throw this.transportError(err, exchange, url);
-      } finally {
-        exchange.endWait();
-      }
-      if (exchange.cancelled) return;
+      const response = await this.send(exchange, headers, body, messages, tools, callId);
+      if (response === undefined) return;
 
       const reader = response.body?.getReader();
-      if (response.status < 200 || response.status > 299) {
-        const error = await this.statusError(response, reader, exchange, url);
-        if (exchange.cancelled) return;
-        throw error;
-      }
       if (reader === undefined) {
         exchange.finished = true;
         yield* state.finish(false);
@@ -178,11 +290,7 @@ export class BaseLLM {
       if (isJsonContentType(response.headers.get("content-type"))) {
         const text = await this.readWhole(reader, exchange, url, state);
         if (text === undefined) return;
-        const events = [
-          ...state.feed(completionToChunk(parseJson(text, state))),
-          ...state.finish(true),
-        ];
-        for (const event of events) {
+        for (const event of state.feedBody(text)) {
           if (exchange.cancelled) return;
           yield event;
         }
@@ -214,7 +322,11 @@ export class BaseLLM {
             done = true;
             break stream;
           }
-          for (const event of handleEvent(sse.event, sse.data, state)) {
+          const events = state.feedEvent(sse.event, sse.data);
+          if (exchange.watchesProgress && (hasProgress(events) || state.takeDropped())) {
+            exchange.progress();
+          }
+          for (const event of events) {
             if (exchange.cancelled) return;
             yield event;
           }
@@ -223,6 +335,7 @@ export class BaseLLM {
         if (decoder.error !== undefined) throw decoder.error;
       }
 
+      exchange.stopClocks(); // the answer is complete: no clock runs while the caller reads it
       if (done && !exchange.finished) {
         // Read the rest so the connection goes back to the pool; the turn is complete already.
         try {
@@ -294,7 +407,7 @@ export class BaseLLM {
     try {
       const headers: [string, string][] = [["User-Agent", utf8ByteString(config.userAgent)]];
       if (config.apiKey) headers.push(["Authorization", utf8ByteString(`Bearer ${config.apiKey}`)]);
-      const response = await fetch(`${config.baseUrl.replace(/\/+$/, "")}/models`, {
+      const response = await fetch(this.modelsUrl, {
         method: "GET",
         headers,
         signal: controller.signal,
@@ -315,6 +428,105 @@ export class BaseLLM {
   async close(): Promise<void> {
     for (const exchange of this.active) exchange.cancel();
     this.active.clear();
+  }
+
+  /**
+   * POST the turn and return the 2xx response (its body not read yet); undefined when cancelled.
+   *
+   * Retries happen only here, so only before any byte of a body reached the caller: a connection
+   * error or HTTP 429/502/503/504, at most maxRetries times, waiting Retry-After or a backoff within
+   * what is left of retryBudget; and, in "auto" dialect mode, once per field for a 400/422 that
+   * names `stream_options` / `include_usage` or `max_completion_tokens`.
+   */
+  private async send(
+    exchange: Exchange,
+    headers: [string, string][],
+    body: string,
+    messages: readonly object[],
+    tools: readonly object[] | null | undefined,
+    callId: string | undefined,
+  ): Promise<Response | undefined> {
+    const config = this.llmConfig;
+    let retries = 0;
+    let budget = config.retryBudget;
+    for (;;) {
+      let response: Response | undefined;
+      let error: BrainlineError | undefined;
+      exchange.startWait();
+      try {
+        response = await fetch(this.requestUrl, {
+          method: "POST",
+          headers,
+          body,
+          signal: exchange.controller.signal,
+        });
+      } catch (err) {
+        if (exchange.cancelled) return undefined;
+        error = this.transportError(err, exchange, this.url);
+      } finally {
+        exchange.endWait();
+      }
+      if (exchange.cancelled) return undefined;
+      let wait: number;
+      if (response === undefined) {
+        const failure = error as BrainlineError;
+        if (failure.code !== "connection_error" || retries >= config.maxRetries) throw failure;
+        wait = Math.min(RETRY_BACKOFF * 2 ** retries, budget);
+      } else {
+        if (response.status >= 200 && response.status <= 299) return response;
+        const failure = (await this.statusError(
+          response,
+          response.body?.getReader(),
+          exchange,
+          this.url,
+        )) as APIStatusError;
+        if (exchange.cancelled) return undefined;
+        if (exchange.clock !== undefined) throw exchange.clockError(this.url);
+        if (this.adaptDialect(failure)) {
+          body = this.requestBody(messages, tools, callId);
+          exchange.renew();
+          continue;
+        }
+        const retryWait = retryWaitFor(failure, retries, config.maxRetries, budget);
+        if (retryWait === undefined) throw failure;
+        wait = retryWait;
+      }
+      retries += 1;
+      budget -= wait;
+      if (wait > 0) await exchange.sleep(wait * 1000);
+      if (exchange.cancelled) return undefined;
+      if (exchange.clock !== undefined) throw exchange.clockError(this.url);
+      exchange.renew();
+    }
+  }
+
+  /**
+   * In "auto" mode, drop or rename a field a 400/422 names; true when the body changed. The choice
+   * is kept on the instance (one base URL), so later turns send the working form.
+   */
+  private adaptDialect(error: APIStatusError): boolean {
+    if (!DIALECT_STATUSES.has(error.status)) return false;
+    const config = this.llmConfig;
+    const text = error.body;
+    let changed = false;
+    if (
+      config.streamOptions === "auto" &&
+      this.sendStreamOptions &&
+      (text.includes("stream_options") || text.includes("include_usage"))
+    ) {
+      this.sendStreamOptions = false;
+      changed = true;
+    }
+    if (
+      config.maxTokensField === "auto" &&
+      config.maxTokens != null &&
+      this.maxTokensKey === MAX_TOKENS_WIRE &&
+      text.includes(MAX_TOKENS_WIRE)
+    ) {
+      this.maxTokensKey = "max_tokens";
+      changed = true;
+    }
+    return changed;
   }
 
   /** The headers of one turn, and the memory-scope key among them (a secret). */
@@ -347,6 +559,13 @@ export class BaseLLM {
           throw makeError("invalid_type", { option, expected: "a string", value: key });
         }
         if (HEADER_UNSAFE.test(key)) throw makeError("invalid_header_value", { option });
+        if (key.length > SESSION_KEY_MAX_LENGTH) {
+          throw makeError("too_long", {
+            option,
+            maximum: SESSION_KEY_MAX_LENGTH,
+            length: key.length,
+          });
+        }
         setHeader(headers, config.sessionKeyHeader, key);
         sessionKey = key;
       }
@@ -377,14 +596,18 @@ export class BaseLLM {
       model: config.model,
       messages,
       stream: true,
-      stream_options: { include_usage: true },
     };
+    if (this.sendStreamOptions) body.stream_options = { include_usage: true };
     if (tools && tools.length > 0) body.tools = tools;
     for (const [field, key] of BODY_FIELDS) {
       const value = config[field];
-      if (value !== undefined && value !== null) body[key] = value;
+      if (value !== undefined && value !== null) {
+        body[key === MAX_TOKENS_WIRE ? this.maxTokensKey : key] = value;
+      }
     }
     if (config.sessionUserPrefix && callId) body.user = config.sessionUserPrefix + callId;
+    // Last: its keys override ours in place, new keys follow.
+    if (config.extraBody) Object.assign(body, config.extraBody);
     return JSON.stringify(body);
   }
 
@@ -392,6 +615,7 @@ export class BaseLLM {
   private transportError(err: unknown, exchange: Exchange, url: string): BrainlineError {
     const timeout = this.llmConfig.timeout;
     const code = causeCode(err);
+    if (exchange.clock !== undefined) return exchange.clockError(url);
     if (exchange.timedOut || code === "UND_ERR_HEADERS_TIMEOUT") {
       return makeError("read_timeout", { url, timeout, cause: err });
     }
@@ -412,6 +636,7 @@ export class BaseLLM {
     url: string,
     state: TurnState,
   ): BrainlineError {
+    if (exchange.clock !== undefined) return exchange.clockError(url);
     if (exchange.timedOut || causeCode(err) === "UND_ERR_BODY_TIMEOUT") {
       return makeError("read_timeout", { url, timeout: this.llmConfig.timeout, cause: err });
     }
@@ -459,7 +684,10 @@ export class BaseLLM {
       status: response.status,
       detail: cut(detail, 200),
       body,
-      retryAfter: parseRetryAfter(response.headers.get("retry-after")),
+      retryAfter: parseRetryAfter(
+        response.headers.get("retry-after"),
+        response.headers.get("retry-after-ms"),
+      ),
     });
   }
 
@@ -536,27 +764,6 @@ function checkCallArguments(
   }
 }
 
-/** The events of one dispatched SSE event (not [DONE]). */
-function handleEvent(name: string | undefined, data: string, state: TurnState): Event[] {
-  const chunk = parseJson(data, state);
-  if (name === "error") {
-    throw state.serverError(isObject(chunk) && chunk.error != null ? chunk.error : chunk);
-  }
-  return state.feed(chunk);
-}
-
-function parseJson(data: string, state: TurnState): unknown {
-  try {
-    return JSON.parse(data);
-  } catch (err) {
-    throw makeError("malformed", {
-      detail: `data is not JSON: ${cut(data, 200)}`,
-      partialText: state.text,
-      cause: err,
-    });
-  }
-}
-
 /** A string whose char codes are the UTF-8 bytes of value (unchanged when it is ASCII). */
 function utf8ByteString(value: string): string {
   if (!/[\u0080-\uffff]/.test(value)) return value;
@@ -617,8 +824,49 @@ function causeCode(err: unknown): string | undefined {
   return undefined;
 }
 
-/** Retry-After as seconds: a number of seconds or an HTTP date (0 when already past). */
-function parseRetryAfter(value: string | null): number | undefined {
+function hasProgress(events: readonly Event[]): boolean {
+  return events.some((event) => PROGRESS.has(event.type));
+}
+
+/**
+ * Seconds to wait before retrying a status error; undefined: throw it now. A Retry-After beyond
+ * what is left of the budget fails at once; without one the backoff is cut to what is left.
+ */
+function retryWaitFor(
+  error: APIStatusError,
+  retries: number,
+  maxRetries: number,
+  budget: number,
+): number | undefined {
+  if (!RETRY_STATUSES.has(error.status) || retries >= maxRetries) return undefined;
+  if (error.retryAfter === undefined || error.retryAfter === null) {
+    return Math.min(RETRY_BACKOFF * 2 ** retries, budget);
+  }
+  return error.retryAfter <= budget ? error.retryAfter : undefined;
+}
+
+/** `?k=v&...`, percent-encoded except RFC 3986 unreserved characters (space as %20). */
+function queryString(params: Readonly<Record<string, string>> | undefined): string {
+  const pairs = Object.entries(params ?? {});
+  if (pairs.length === 0) return "";
+  const encode = (text: string): string =>
+    encodeURIComponent(text).replace(
+      /[!'()*]/g,
+      (char) => `%${char.charCodeAt(0).toString(16).toUpperCase()}`,
+    );
+  return `?${pairs.map(([key, value]) => `${encode(key)}=${encode(value)}`).join("&")}`;
+}
+
+/**
+ * Retry-After as seconds: `retry-after-ms`, else a number of seconds or an HTTP date (0 when
+ * already past).
+ */
+function parseRetryAfter(
+  value: string | null,
+  milliseconds: string | null = null,
+): number | undefined {
+  const ms = milliseconds?.trim();
+  if (ms !== undefined && /^\d+(\.\d+)?$/.test(ms)) return Number(ms) / 1000;
   if (value === null) return undefined;
   const text = value.trim();
   if (/^\d+(\.\d+)?$/.test(text)) return Number(text);

@@ -19,6 +19,16 @@ export interface ReasoningEvent {
   readonly content: string;
 }
 
+/**
+ * A named server event that is not a chunk (`event: hermes.tool.progress`): never text. `data` is
+ * the event's data parsed as JSON, or the string itself when it is not JSON.
+ */
+export interface ProgressEvent {
+  readonly type: "progress";
+  readonly event: string;
+  readonly data: unknown;
+}
+
 /** Token counts of the turn: the last usage the server sent; input_tokens excludes cached ones. */
 export interface UsageEvent {
   readonly type: "usage";
@@ -43,7 +53,13 @@ export interface FinishEvent {
 }
 
 /** Everything stream() yields; the keys are the same as in Python. */
-export type Event = TextEvent | ToolCallEvent | ReasoningEvent | UsageEvent | FinishEvent;
+export type Event =
+  | TextEvent
+  | ToolCallEvent
+  | ReasoningEvent
+  | ProgressEvent
+  | UsageEvent
+  | FinishEvent;
 
 /** A complete tool call: the deltas of one index joined. */
 export interface ToolCall {

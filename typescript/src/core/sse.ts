@@ -23,7 +23,8 @@ const SPACE = 32;
  * (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
  * lines end in LF, CRLF or CR, `:` starts a comment, one optional space follows the colon, data
  * lines join with LF, and a blank line dispatches only when there is data. Unlike the spec, the
- * event still pending at the end of input is dispatched (flush), as the runtime contract asks.
+ * event still pending at the end of input is dispatched (flush), as the runtime contract asks,
+ * and a line `error: <value>` (llama.cpp's server) counts as `event: error` plus `data: <value>`.
  *
  * A line longer than `maxLineBytes` or event data longer than `maxEventBytes` (in UTF-8 bytes,
  * without line ends) raises StreamError `too_large`. When events completed earlier in the same
@@ -167,6 +168,10 @@ export class SSEDecoder {
       this.appendData(value);
     } else if (fieldLength === 5 && buf.startsWith("event", start)) {
       this.eventName = value;
+    } else if (fieldLength === 5 && buf.startsWith("error", start)) {
+      // Not a WHATWG field: llama.cpp's server writes a failure as `error: {...}`.
+      this.eventName = "error";
+      this.appendData(value);
     }
     // "id" and "retry" do not affect what is dispatched; other fields are ignored.
     return undefined;

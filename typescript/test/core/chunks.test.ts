@@ -145,7 +145,10 @@ describe("TurnState.feed", () => {
     expect(() => state.feed({ error: { code: 500 } })).toThrow(
       'the server reported an error: {"code":500}',
     );
-    expect(() => state.feed({ error: "boom" })).toThrow('the server reported an error: "boom"');
+    // TGI: the error is a string; it is the message as-is.
+    expect(() => state.feed({ error: "Input validation error", error_type: "validation" })).toThrow(
+      /the server reported an error: Input validation error$/,
+    );
     expect(state.feed({ error: null, ...delta({ content: "x" }) })).toEqual([
       { type: "text", content: "x" },
     ]);

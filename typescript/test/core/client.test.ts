@@ -121,6 +121,11 @@ function makeConfig(overrides: Partial<LLMConfig> = {}): LLMConfig {
     sessionKey: undefined,
     sessionKeyFactory: undefined,
     sessionKeyFrom: undefined,
+    // Transport: the spec's defaults, except no retries unless a test asks for them.
+    maxRetries: 0,
+    retryBudget: 2,
+    streamOptions: "auto",
+    maxTokensField: "auto",
     temperature: undefined,
     maxTokens: undefined,
     topP: undefined,
@@ -681,7 +686,7 @@ describe("non-SSE answers", () => {
     };
     const broken = await collect(llm().stream(MESSAGES));
     expect((broken.error as StreamError).code).toBe("malformed");
-    expect((broken.error as StreamError).message).toBe("malformed stream: data is not JSON: ");
+    expect((broken.error as StreamError).message).toBe("malformed stream: empty response body");
   });
 });
 
@@ -1000,5 +1005,203 @@ describe("complete, warmup, config", () => {
     expect(Object.isFrozen(client.config)).toBe(true);
     expect(Custom.providerKey).toBe("custom");
     expect(client.providerKey).toBe("custom");
+  });
+});
+
+// -- retries, clocks and dialects (mirrors python/tests/core/test_transport.py) --------------------
+
+/** Count the timers the client starts (by the stack that starts them). */
+function countClientTimers(): { started: () => number; restore: () => void } {
+  const realSet = globalThis.setTimeout;
+  let started = 0;
+  const counting = (fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    if (new Error().stack?.split("\n")[2]?.includes("src/core/client")) started += 1;
+    return realSet(fn, ms, ...args);
+  };
+  globalThis.setTimeout = counting as unknown as typeof setTimeout;
+  return { started: () => started, restore: () => (globalThis.setTimeout = realSet) };
+}
+
+function answer(status: number, headers: Record<string, string> = {}, body = "{}"): Handler {
+  return (_req, res) => {
+    res.writeHead(status, { "Content-Type": "application/json", ...headers });
+    res.end(body);
+  };
+}
+
+/** The handlers in turn, the last one repeating. */
+function inTurn(...handlers: Handler[]): Handler {
+  let at = 0;
+  return (req, res, seen) => {
+    const handler = handlers[Math.min(at++, handlers.length - 1)] as Handler;
+    handler(req, res, seen);
+  };
+}
+
+describe("retries", () => {
+  it("retries a refused connection after the backoff", async () => {
+    const port = await freePort();
+    const late = http.createServer((_req, res) => {
+      res.writeHead(200, { "Content-Type": "text/event-stream" });
+      res.end(textChunk("Hello") + DONE);
+    });
+    setTimeout(() => late.listen(port, "127.0.0.1"), 50); // the retry waits 200 ms
+    const client = new BaseLLM(
+      makeConfig({ baseUrl: `http://127.0.0.1:${port}/v1`, maxRetries: 1 }),
+    );
+    const started = performance.now();
+    try {
+      const { events, error } = await collect(client.stream(MESSAGES));
+      const elapsed = performance.now() - started;
+      expect(error).toBeUndefined();
+      expect(events.map((e) => e.type)).toEqual(["text", "finish"]);
+      expect(elapsed).toBeGreaterThanOrEqual(150);
+      expect(elapsed).toBeLessThan(1500);
+    } finally {
+      late.closeAllConnections();
+      await new Promise<void>((resolve) => late.close(() => resolve()));
+    }
+  });
+
+  it("fails at once when Retry-After is beyond the budget", async () => {
+    server.handler = answer(429, { "Retry-After": "2" }, '{"error":{"message":"slow"}}');
+    const client = llm({ maxRetries: 1, retryBudget: 1.5 });
+    const started = performance.now();
+    const { error } = await collect(client.stream(MESSAGES));
+    expect(performance.now() - started).toBeLessThan(500);
+    expect(error).toBeInstanceOf(APIStatusError);
+    expect((error as APIStatusError).retryAfter).toBe(2);
+    expect(server.requests).toHaveLength(1);
+  });
+
+  it("adds the waits up within the budget, retry-after-ms first", async () => {
+    const busy = answer(503, { "retry-after-ms": "200", "Retry-After": "9" });
+    server.handler = inTurn(busy, busy, serve([textChunk("Hello"), DONE]));
+    const client = llm({ maxRetries: 3, retryBudget: 0.5 });
+    const started = performance.now();
+    const { events, error } = await collect(client.stream(MESSAGES));
+    const elapsed = performance.now() - started;
+    expect(error).toBeUndefined();
+    expect(events.map((e) => e.type)).toEqual(["text", "finish"]);
+    expect(server.requests).toHaveLength(3);
+    expect(elapsed).toBeGreaterThanOrEqual(350);
+    expect(elapsed).toBeLessThan(1500);
+  });
+
+  it("ends quietly at once when cancelled during the wait, leaving nothing behind", async () => {
+    server.handler = answer(503, { "Retry-After": "1.5" });
+    const client = llm({ maxRetries: 1 });
+    const controller = new AbortController();
+    const timers = trackClientTimers();
+    try {
+      setTimeout(() => controller.abort(), 200);
+      const started = performance.now();
+      const { events, error } = await collect(
+        client.stream(MESSAGES, null, { signal: controller.signal }),
+      );
+      expect(performance.now() - started).toBeLessThan(600);
+      expect(events).toEqual([]);
+      expect(error).toBeUndefined();
+      expect(server.requests).toHaveLength(1);
+      expect(timers.pending()).toBe(0);
+    } finally {
+      timers.restore();
+    }
+    expect(getEventListeners(controller.signal, "abort")).toHaveLength(0);
+  });
+});
+
+describe("turn clocks", () => {
+  it("bounds the retry wait by total_timeout", async () => {
+    server.handler = answer(503, { "Retry-After": "1.5" });
+    const client = llm({ maxRetries: 1, totalTimeout: 0.3 });
+    const started = performance.now();
+    const { error } = await collect(client.stream(MESSAGES));
+    const elapsed = performance.now() - started;
+    expect(error).toBeInstanceOf(APITimeoutError);
+    expect((error as APITimeoutError).code).toBe("total_timeout");
+    expect(elapsed).toBeGreaterThanOrEqual(250);
+    expect(elapsed).toBeLessThan(1000);
+  });
+
+  it("does not count keep-alives or trickling bytes as the first token", async () => {
+    const pieces = [": keepalive\n\n", 'data: {"choices":[{"index":0,"delta":{"content":"'];
+    server.handler = serve([...pieces, ...Array<string>(40).fill("x")], 50);
+    const client = llm({ timeout: 5, firstTokenTimeout: 0.4 });
+    const timers = trackClientTimers();
+    const started = performance.now();
+    try {
+      const { error } = await collect(client.stream(MESSAGES));
+      const elapsed = performance.now() - started;
+      expect(error).toBeInstanceOf(APITimeoutError);
+      expect((error as APITimeoutError).code).toBe("first_token_timeout");
+      expect((error as Error).message).toBe(
+        `no first token from ${server.baseUrl}/chat/completions within 0.4 s`,
+      );
+      expect(elapsed).toBeGreaterThanOrEqual(350);
+      expect(elapsed).toBeLessThan(1500);
+      expect(timers.pending()).toBe(0);
+    } finally {
+      timers.restore();
+    }
+  });
+
+  it("never fails while the caller holds an event; the next wait fails at once", async () => {
+    server.handler = async (_req, res) => {
+      sseHead(res);
+      res.write(textChunk("a") + textChunk("b")); // then nothing
+    };
+    const client = llm({ timeout: 5, idleTimeout: 0.3 });
+    const { events, error } = await collect(client.stream(MESSAGES), () => sleep(500));
+    expect(events.map((e) => e.type)).toEqual(["text", "text"]);
+    expect((error as APITimeoutError).code).toBe("idle_timeout");
+  });
+
+  it("uses one timer per turn, not one per read", async () => {
+    server.handler = serve([...Array<string>(300).fill(textChunk("x")), DONE]);
+    const client = llm({ firstTokenTimeout: 5, idleTimeout: 5, totalTimeout: 10 });
+    const timers = countClientTimers();
+    try {
+      const { events, error } = await collect(client.stream(MESSAGES));
+      expect(error).toBeUndefined();
+      expect(events).toHaveLength(301);
+      expect(timers.started()).toBeLessThanOrEqual(3);
+    } finally {
+      timers.restore();
+    }
+  });
+});
+
+describe("dialects", () => {
+  it("remembers the working form per instance", async () => {
+    const rejected = answer(400, {}, '{"error":{"message":"Unknown field: stream_options"}}');
+    const ok = serve([textChunk("a"), DONE]);
+    server.handler = inTurn(rejected, ok, ok, ok);
+    const first = llm();
+    await collect(first.stream(MESSAGES));
+    await collect(first.stream(MESSAGES));
+    await collect(llm().stream(MESSAGES));
+    const sent = server.requests.map((r) => "stream_options" in JSON.parse(r.body));
+    expect(sent).toEqual([true, false, false, true]);
+  });
+
+  it("merges extra_body last and appends extra_query, also to warmup", async () => {
+    server.handler = serve([textChunk("a"), DONE]);
+    const client = llm({
+      temperature: 0.7,
+      extraBody: { top_k: 40, temperature: 0.1 },
+      extraQuery: { "a b": "é/&=~*+!'()" },
+    });
+    await collect(client.stream(MESSAGES));
+    await client.warmup();
+    const query = "?a%20b=%C3%A9%2F%26%3D~%2A%2B%21%27%28%29";
+    expect(server.requests.map((r) => r.url)).toEqual([
+      `/v1/chat/completions${query}`,
+      `/v1/models${query}`,
+    ]);
+    expect(server.requests[0]?.body).toBe(
+      '{"model":"test-model","messages":[{"role":"user","content":"hi"}],"stream":true,' +
+        '"stream_options":{"include_usage":true},"temperature":0.1,"top_k":40}',
+    );
   });
 });

@@ -7,9 +7,13 @@ import math
 from typing import Any, cast
 
 from .errors import StreamError, make_error
-from .events import Event, FinishReason, ToolCallEvent
+from .events import Event, FinishReason, ProgressEvent, ToolCallEvent
 
 __all__ = ["TurnState", "completion_to_chunk"]
+
+_BLANK = " \t\r\n"  # JSON's whitespace, the same in both languages
+_OPEN = "<think>"
+_CLOSE = "</think>"
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -41,21 +45,54 @@ def _count(value: object) -> int:
     return 0
 
 
+def _held_back(buf: str, tag: str) -> int:
+    """How many characters at the end of buf could be the start of tag (0 when none)."""
+    at = buf.rfind("<", max(0, len(buf) - len(tag) + 1))
+    return len(buf) - at if at >= 0 and tag.startswith(buf[at:]) else 0
+
+
+def _details_text(details: object) -> str | None:
+    """The text of `reasoning_details` (DeepSeek V3.2, OpenRouter): a list of objects with `text`."""
+    if not isinstance(details, list):
+        return None
+    parts = [
+        item["text"]
+        for item in details
+        if isinstance(item, dict) and isinstance(item.get("text"), str)
+    ]
+    return "".join(parts) or None
+
+
 class TurnState:
     """The state of one turn: chunks in, events out; the usage and finish events at the end."""
 
     __slots__ = (
+        "_emit_reasoning",
+        "_dropped",
         "_finish_reason",
+        "_fresh",
+        "_held",
         "_last_index",
         "_next_index",
         "_parts",
+        "_plain",
         "_saw_tool_calls",
         "_slots",
+        "_think",
         "_usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, reasoning: str = "emit") -> None:
+        """`reasoning`: "emit" (reasoning events) or "drop" (none); never text either way."""
+        self._emit_reasoning = reasoning != "drop"
+        self._dropped = False  # reasoning dropped since the last take_dropped(): still progress
         self._parts: list[str] = []
+        # <think> blocks in content: inside one, the content held back because it may be the start
+        # of a tag, and whether no content came yet (a leading stray </think> then ends reasoning).
+        self._think = False
+        self._held = ""
+        self._fresh = True
+        self._plain = True  # outside a block with nothing held: content without "<" is plain text
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
         self._saw_tool_calls = False
@@ -63,6 +100,12 @@ class TurnState:
         self._slots: dict[int, list[str | None]] = {}
         self._last_index: int | None = None
         self._next_index = 0
+
+    def take_dropped(self) -> bool:
+        """Whether reasoning was dropped (reasoning="drop") since the last call: it is progress
+        for the first-token and idle clocks even though no event carries it."""
+        dropped, self._dropped = self._dropped, False
+        return dropped
 
     @property
     def text(self) -> str:
@@ -88,15 +131,26 @@ class TurnState:
             if isinstance(choice, dict):
                 delta = choice.get("delta")
                 if isinstance(delta, dict):
+                    # One reasoning field per chunk: OpenRouter sends the same text in two.
                     reasoning = delta.get("reasoning_content")
                     if not (reasoning and isinstance(reasoning, str)):
                         reasoning = delta.get("reasoning")
+                        if not (reasoning and isinstance(reasoning, str)):
+                            details = delta.get("reasoning_details")
+                            reasoning = _details_text(details) if details else None
                     if reasoning and isinstance(reasoning, str):
-                        events.append({"type": "reasoning", "content": reasoning})
+                        if self._emit_reasoning:
+                            events.append({"type": "reasoning", "content": reasoning})
+                        else:
+                            self._dropped = True
                     content = delta.get("content")
                     if content and isinstance(content, str):
-                        self._parts.append(content)
-                        events.append({"type": "text", "content": content})
+                        if self._plain and "<" not in content:
+                            self._fresh = False
+                            self._parts.append(content)
+                            events.append({"type": "text", "content": content})
+                        else:
+                            self._content(content, events)
                     tool_calls = delta.get("tool_calls")
                     if tool_calls and isinstance(tool_calls, list):
                         for call in tool_calls:
@@ -108,14 +162,111 @@ class TurnState:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
+        else:
+            vendor = chunk.get("x_groq")  # Groq puts usage under x_groq
+            if isinstance(vendor, dict) and isinstance(vendor.get("usage"), dict):
+                self._usage = vendor["usage"]
         return events
+
+    def feed_event(self, name: str | None, data: str) -> list[Event]:
+        """The events of one dispatched SSE event other than `[DONE]`.
+
+        Blank data and data starting with `:` (a keep-alive a proxy wrapped in `data:`) give
+        nothing. An event named `error` raises StreamError `server_error`; another named event is
+        a progress event (its data parsed as JSON, else kept as a string); an unnamed (or
+        `message`) event is a chunk, and data that is not JSON raises StreamError `malformed`.
+        """
+        if name is None or name == "message":
+            try:
+                chunk = json.loads(data)
+            except (ValueError, RecursionError) as exc:
+                if _keep_alive(data):
+                    return []
+                raise self.malformed(f"data is not JSON: {data[:200]}") from exc
+            return self.feed(chunk)
+        if _keep_alive(data):
+            return []
+        try:
+            parsed = json.loads(data)
+        except (ValueError, RecursionError):
+            parsed = data
+        if name == "error":
+            error = parsed.get("error") if isinstance(parsed, dict) else None
+            raise self.server_error(parsed if error is None else error)
+        event: ProgressEvent = {"type": "progress", "event": name, "data": parsed}
+        return [event]
+
+    def feed_body(self, text: str) -> list[Event]:
+        """All the events of a whole 2xx JSON answer (a server that ignored `stream`).
+
+        An error object raises StreamError `server_error`; a `chat.completion` gives the events a
+        stream would have given, finish included; an empty body or anything else raises
+        StreamError `malformed`, never a silent empty turn.
+        """
+        if not text.strip(_BLANK):
+            raise self.malformed("empty response body")
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise self.malformed(f"data is not JSON: {text[:200]}") from exc
+        if not isinstance(body, dict) or ("choices" not in body and body.get("error") is None):
+            raise self.malformed(f"not a chat completion: {text[:200]}")
+        return [*self.feed(completion_to_chunk(body)), *self.finish(True)]
+
+    def malformed(self, detail: str) -> StreamError:
+        """StreamError `malformed` with the text so far."""
+        return cast(StreamError, make_error("malformed", detail=detail, partial_text=self.text))
+
+    def _content(self, content: str, events: list[Event]) -> None:
+        """Content that may hold `<think>` tags, split anywhere across chunks."""
+        buf = self._held + content
+        self._held = ""
+        if self._fresh:
+            if len(buf) < len(_CLOSE) and _CLOSE.startswith(buf):
+                self._held = buf
+                self._plain = False
+                return
+            self._fresh = False
+            if buf.startswith(_CLOSE):
+                # Some servers leave out the opening tag: a leading </think> ends the reasoning.
+                buf = buf[len(_CLOSE) :]
+        while buf:
+            tag = _CLOSE if self._think else _OPEN
+            at = buf.find(tag)
+            if at < 0:
+                keep = _held_back(buf, tag)
+                if keep:
+                    self._held = buf[-keep:]
+                    buf = buf[:-keep]
+                self._emit(buf, events)
+                break
+            self._emit(buf[:at], events)
+            self._think = not self._think
+            buf = buf[at + len(tag) :]
+        self._plain = not self._think and not self._held
+
+    def _emit(self, piece: str, events: list[Event]) -> None:
+        if not piece:
+            return
+        if self._think:
+            if self._emit_reasoning:
+                events.append({"type": "reasoning", "content": piece})
+            else:
+                self._dropped = True
+        else:
+            self._parts.append(piece)
+            events.append({"type": "text", "content": piece})
 
     def finish(self, done: bool) -> list[Event]:
         """The closing events: one usage event if any usage was seen, then the finish event.
 
         `done` says whether the stream ended with `[DONE]` (a whole JSON answer counts as done).
+        Content held back as a possible tag comes first, as what it turned out to be.
         """
         events: list[Event] = []
+        if self._held:
+            held, self._held, self._plain = self._held, "", not self._think
+            self._emit(held, events)
         usage = self._usage
         if usage is not None:
             details = usage.get("prompt_tokens_details")
@@ -142,7 +293,7 @@ class TurnState:
 
     def server_error(self, error: object) -> StreamError:
         """StreamError `server_error` with the server's message and the text so far."""
-        message = error.get("message") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
         detail = message if isinstance(message, str) else _compact(error)
         return cast(StreamError, make_error("server_error", detail=detail, partial_text=self.text))
 
@@ -192,6 +343,12 @@ class TurnState:
         }
 
 
+def _keep_alive(data: str) -> bool:
+    """Blank data, or data starting with `:` (`data: : keepalive` from proxies): not a chunk."""
+    stripped = data.lstrip(_BLANK)
+    return not stripped or stripped[0] == ":"
+
+
 def completion_to_chunk(body: object) -> object:
     """A whole `chat.completion` (a 2xx JSON answer) as the one chunk a stream would have sent.
 
@@ -204,6 +361,8 @@ def completion_to_chunk(body: object) -> object:
     if not isinstance(choice, dict):
         return {**body, "choices": []}
     message = choice.get("message")
+    if not isinstance(message, dict):
+        message = choice.get("delta")  # a lone chunk sent as JSON
     delta: dict[str, Any] = dict(message) if isinstance(message, dict) else {}
     tool_calls = delta.get("tool_calls")
     if isinstance(tool_calls, list):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -17,17 +18,19 @@ from datetime import timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, ClassVar, cast
+from urllib.parse import quote
 
 import httpx
 
 from .._generated.constants import (
     CONNECT_TIMEOUT_CAP,
     ERROR_BODY_MAX_BYTES,
+    SESSION_KEY_MAX_LENGTH,
     SSE_MAX_EVENT_BYTES,
     WARMUP_TIMEOUT,
 )
 from .._generated.options import BODY_FIELDS, LLMConfig
-from .chunks import TurnState, completion_to_chunk
+from .chunks import TurnState
 from .errors import APIStatusError, BrainlineError, StreamError, make_error
 from .events import Event, ToolCallEvent, Turn, Usage, assemble_tool_calls
 from .session import SessionContext, hash_caller, resolve_session_key
@@ -40,6 +43,11 @@ logger = logging.getLogger("brainline")
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _STREAM_OPTIONS = {"include_usage": True}
+_MAX_TOKENS_WIRE = "max_completion_tokens"  # the wire key of max_tokens in BODY_FIELDS
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_RETRY_BACKOFF = 0.2  # seconds before the first retry without Retry-After; doubled each time
+_DIALECT_STATUSES = frozenset({400, 422})
+_PROGRESS = frozenset({"text", "tool_call", "reasoning"})
 
 
 def _mapping_as_dict(value: object) -> object:
@@ -113,6 +121,127 @@ class _Barge:
             self.watcher.cancel()
 
 
+class _Deadline:
+    """The first-token, idle and total clocks of one turn, on one timer (loop.call_at).
+
+    When a clock runs out while the turn waits on the network (or between retries), the timer
+    cancels the task running it, as _Barge does, and stream() raises the APITimeoutError naming
+    the clock. When it runs out while the caller holds an event, nothing happens then: the next
+    read checks the clocks first (`due`) and fails at once, as TypeScript's next wait does.
+    """
+
+    __slots__ = (
+        "active",
+        "armed_at",
+        "at_yield",
+        "cancelled_task",
+        "fired",
+        "first",
+        "handle",
+        "idle",
+        "loop",
+        "phase",
+        "phase_at",
+        "stopped",
+        "task",
+        "total",
+        "total_at",
+        "watches_progress",
+    )
+
+    def __init__(self, config: LLMConfig) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        now = self.loop.time()
+        self.first = config.first_token_timeout
+        self.idle = config.idle_timeout
+        self.total = config.total_timeout
+        self.total_at = math.inf if self.total is None else now + self.total
+        self.phase_at = math.inf if self.first is None else now + self.first
+        self.phase = "first_token_timeout"
+        self.watches_progress = self.first is not None or self.idle is not None
+        self.active = self.watches_progress or self.total is not None
+        self.at_yield = False
+        self.stopped = False
+        self.fired: str | None = None
+        self.cancelled_task = False
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed_at = math.inf
+        self._arm()
+
+    def progress(self) -> None:
+        """A chunk carried text, a tool call or reasoning: the idle clock starts over."""
+        self.phase = "idle_timeout"
+        self.phase_at = math.inf if self.idle is None else self.loop.time() + self.idle
+        # A timer armed for an earlier deadline re-arms itself for this one when it fires; one
+        # armed for a later one (the total, or a longer first-token clock) is moved up, once.
+        if self.handle is not None and self.phase_at < self.armed_at:
+            self.handle.cancel()
+            self.handle = None
+            self._arm()
+
+    def resume(self) -> None:
+        """Back from a yield."""
+        self.at_yield = False
+        if not self.active:
+            return
+        self.task = asyncio.current_task()
+        if self.handle is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        at = min(self.total_at, self.phase_at)
+        if at < math.inf and self.fired is None and not self.stopped:
+            self.armed_at = at
+            self.handle = self.loop.call_at(at, self._fire)
+
+    def due(self) -> bool:
+        """Before a read: True when a clock ran out meanwhile (TypeScript checks the same)."""
+        now = self.loop.time()
+        if now >= self.total_at:
+            self.fired = "total_timeout"
+        elif now >= self.phase_at:
+            self.fired = self.phase
+        return self.fired is not None
+
+    def _fire(self) -> None:
+        self.handle = None
+        if self.at_yield:
+            return
+        if not self.due():
+            self._arm()
+            return
+        if self.task is not None:
+            self.cancelled_task = True
+            self.task.cancel()
+
+    def absorb(self) -> bool:
+        """For a caught CancelledError: True when the timer cancelled the task (then undone)."""
+        if not self.cancelled_task or self.task is None:
+            return False
+        uncancel = getattr(self.task, "uncancel", None)
+        if uncancel is None:  # Python 3.10: no count of cancel requests
+            return True
+        remaining: int = uncancel()
+        return remaining == 0 or sys.version_info < (3, 11)
+
+    def error(self, url: str) -> BrainlineError:
+        code = self.fired or "total_timeout"
+        if code == "total_timeout":
+            timeout = self.total
+        elif code == "first_token_timeout":
+            timeout = self.first
+        else:
+            timeout = self.idle
+        return make_error(code, url=url, timeout=timeout)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class BaseLLM:
     """The OpenAI-compatible streaming client every generated provider extends.
 
@@ -126,9 +255,15 @@ class BaseLLM:
         self._config = config
         self._client: httpx.AsyncClient | None = None
         base = config.base_url.rstrip("/")
-        self._url = base + "/chat/completions"
-        self._models_url = base + "/models"
-        self._request_url = httpx.URL(self._url)
+        query = _query_string(config.extra_query)
+        self._url = base + "/chat/completions"  # in messages: without extra_query
+        self._models_url = base + "/models" + query
+        self._request_url = httpx.URL(self._url + query)
+        # The dialect this endpoint speaks; in "auto" mode a 400/422 naming a field changes it.
+        self._stream_options = config.stream_options != "off"
+        self._max_tokens_key = (
+            "max_tokens" if config.max_tokens_field == "max_tokens" else _MAX_TOKENS_WIRE
+        )
         headers: _HeaderList = [
             ("Content-Type", "application/json"),
             ("Accept", "text/event-stream"),
@@ -175,19 +310,14 @@ class BaseLLM:
         if cancel_event is not None and cancel_event.is_set():
             return
         client = self._client or self._open()
-        request = httpx.Request("POST", self._request_url, headers=headers, content=body)
         barge = None if cancel_event is None else _Barge(cancel_event)
-        state = TurnState()
+        deadline = _Deadline(self._config)
+        state = TurnState(self._config.reasoning)
         response: httpx.Response | None = None
         try:
-            try:
-                response = await client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise self._transport_error(exc) from exc
+            response = await self._send(client, headers, body, messages, tools, call_id)
             if barge is not None:
                 barge.response = response
-            if not 200 <= response.status_code < 300:
-                raise await self._status_error(response)
 
             if _is_json(response.headers.get("content-type")):
                 for event in await self._read_json(response, state):
@@ -195,7 +325,9 @@ class BaseLLM:
                         if barge.event.is_set():
                             return
                         barge.at_yield = True
+                    deadline.at_yield = True
                     yield event
+                    deadline.resume()
                     if barge is not None and barge.resume():
                         return
                 return
@@ -204,6 +336,8 @@ class BaseLLM:
             decoder = SSEDecoder()
             done = end = False
             while not end:
+                if deadline.active and deadline.due():
+                    raise deadline.error(self._url)
                 try:
                     chunk: bytes | None = await anext(raw)
                 except StopAsyncIteration:
@@ -216,19 +350,17 @@ class BaseLLM:
                     if data == "[DONE]":
                         done = True
                         break
-                    try:
-                        parsed = json.loads(data)
-                    except (ValueError, RecursionError) as exc:
-                        raise _malformed(data, state) from exc
-                    if sse.event == "error":
-                        error = parsed.get("error") if isinstance(parsed, dict) else None
-                        raise state.server_error(parsed if error is None else error)
-                    for event in state.feed(parsed):
+                    events = state.feed_event(sse.event, data)
+                    if deadline.watches_progress and (_has_progress(events) or state.take_dropped()):
+                        deadline.progress()
+                    for event in events:
                         if barge is not None:
                             if barge.event.is_set():
                                 return
                             barge.at_yield = True
+                        deadline.at_yield = True
                         yield event
+                        deadline.resume()
                         if barge is not None and barge.resume():
                             return
                 if done:
@@ -236,6 +368,7 @@ class BaseLLM:
                 if decoder.error is not None:
                     raise decoder.error
 
+            deadline.stop()  # the answer is complete: no clock runs while the caller reads it
             if done and not end:
                 # Read the rest, so the connection goes back to the pool.
                 try:
@@ -252,16 +385,26 @@ class BaseLLM:
                 if barge is not None and barge.resume():
                     return
         except asyncio.CancelledError:
-            if barge is None or not barge.absorb():
+            timed_out = deadline.absorb()
+            if barge is not None and barge.cancelled_task:
+                if not barge.absorb():
+                    raise
+                logger.debug("turn cancelled")
+            elif timed_out:
+                raise deadline.error(self._url) from None
+            else:
                 raise
-            logger.debug("turn cancelled")
         except Exception as exc:
             if barge is not None and barge.cancelled_task:
                 # Our cancel surfaced as another error (anyio's connect on Python 3.10 turns
                 # it into a ValueError): the turn was cancelled all the same.
+                deadline.absorb()
                 barge.absorb()
                 logger.debug("turn cancelled (%s)", type(exc).__name__)
                 return
+            if deadline.cancelled_task:
+                deadline.absorb()  # our timer's cancel, surfaced as another error
+                raise deadline.error(self._url) from exc
             if client.is_closed:
                 # aclose() during the turn ends it as if cancelled.
                 logger.debug("turn ended by aclose() (%s)", type(exc).__name__)
@@ -272,6 +415,7 @@ class BaseLLM:
                 self._scrub(exc, session_key)
             raise
         finally:
+            deadline.stop()
             if barge is not None:
                 await barge.stop()
             if response is not None:
@@ -311,7 +455,7 @@ class BaseLLM:
                 usage = Usage(
                     event["input_tokens"], event["output_tokens"], event["cache_read_tokens"]
                 )
-            else:
+            elif event["type"] == "finish":
                 finish_reason = event["reason"]
         return Turn(
             "".join(text), "".join(reasoning), assemble_tool_calls(calls), usage, finish_reason
@@ -353,6 +497,85 @@ class BaseLLM:
         )
         return self._client
 
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        call_id: str | None,
+    ) -> httpx.Response:
+        """POST the turn and return the 2xx response (its body not read yet).
+
+        Retries happen only here, so only before any byte of a body reached the caller: a
+        connection error or HTTP 429/502/503/504, at most max_retries times, waiting Retry-After or
+        a backoff within what is left of retry_budget; and, in "auto" dialect mode, once per field
+        for a 400/422 that names `stream_options` / `include_usage` or `max_completion_tokens`.
+        """
+        config = self._config
+        retries = 0
+        budget = config.retry_budget
+        while True:
+            request = httpx.Request("POST", self._request_url, headers=headers, content=body)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                error = self._transport_error(exc)
+                if error.code != "connection_error" or retries >= config.max_retries:
+                    raise error from exc
+                wait = min(_RETRY_BACKOFF * 2.0**retries, budget)
+            else:
+                if 200 <= response.status_code < 300:
+                    return response
+                try:
+                    error = await self._status_error(response)
+                finally:
+                    await response.aclose()
+                assert isinstance(error, APIStatusError)
+                if self._adapt_dialect(error):
+                    body = self._request_body(messages, tools, call_id)
+                    logger.debug(
+                        "HTTP %d names a field the endpoint rejects: retrying", error.status
+                    )
+                    continue
+                retry_wait = _retry_wait(error, retries, config.max_retries, budget)
+                if retry_wait is None:
+                    raise error
+                wait = retry_wait
+            retries += 1
+            budget -= wait
+            logger.debug("retry %d in %.3f s (%s)", retries, wait, error.code)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def _adapt_dialect(self, error: APIStatusError) -> bool:
+        """In "auto" mode, drop or rename a field a 400/422 names; True when the body changed.
+
+        The choice is kept on the instance (one base URL), so later turns send the working form.
+        """
+        if error.status not in _DIALECT_STATUSES:
+            return False
+        config = self._config
+        text = error.body
+        changed = False
+        if (
+            config.stream_options == "auto"
+            and self._stream_options
+            and ("stream_options" in text or "include_usage" in text)
+        ):
+            self._stream_options = False
+            changed = True
+        if (
+            config.max_tokens_field == "auto"
+            and config.max_tokens is not None
+            and self._max_tokens_key == _MAX_TOKENS_WIRE
+            and _MAX_TOKENS_WIRE in text
+        ):
+            self._max_tokens_key = "max_tokens"
+            changed = True
+        return changed
+
     def _request_headers(
         self, call_id: str | None, caller: str | None, callee: str | None
     ) -> tuple[list[tuple[bytes, bytes]], str | None]:
@@ -375,6 +598,10 @@ class BaseLLM:
                     raise make_error("invalid_type", option=option, expected="a string", value=key)
                 if _HEADER_UNSAFE.search(key):
                     raise make_error("invalid_header_value", option=option)
+                if len(key) > SESSION_KEY_MAX_LENGTH:
+                    raise make_error(
+                        "too_long", option=option, maximum=SESSION_KEY_MAX_LENGTH, length=len(key)
+                    )
                 _set_header(headers, config.session_key_header, key)
                 session_key = key
         return _encode_headers(headers), session_key
@@ -390,14 +617,18 @@ class BaseLLM:
             "model": config.model,
             "messages": messages,
             "stream": True,
-            "stream_options": _STREAM_OPTIONS,
         }
+        if self._stream_options:
+            body["stream_options"] = _STREAM_OPTIONS
         if tools:
             body["tools"] = tools
+        max_tokens_key = self._max_tokens_key
         for wire, value in self._sampling:
-            body[wire] = value
+            body[max_tokens_key if wire == _MAX_TOKENS_WIRE else wire] = value
         if config.session_user_prefix and call_id:
             body["user"] = config.session_user_prefix + call_id
+        if config.extra_body:
+            body.update(config.extra_body)  # last: its keys override ours in place
         return _encode(body).encode()
 
     # -- the answer ----------------------------------------------------------------------------
@@ -446,7 +677,9 @@ class BaseLLM:
             status=response.status_code,
             detail=detail[:200],
             body=body,
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=_retry_after(
+                response.headers.get("retry-after"), response.headers.get("retry-after-ms")
+            ),
         )
 
     async def _read_json(self, response: httpx.Response, state: TurnState) -> list[Event]:
@@ -461,12 +694,7 @@ class BaseLLM:
                     raise make_error("too_large", what="event", limit=SSE_MAX_EVENT_BYTES)
         except httpx.TransportError as exc:
             raise self._body_error(exc, state) from exc
-        text = b"".join(parts).decode("utf-8-sig", "replace")
-        try:
-            parsed = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise _malformed(text, state) from exc
-        return [*state.feed(completion_to_chunk(parsed)), *state.finish(True)]
+        return state.feed_body(b"".join(parts).decode("utf-8-sig", "replace"))
 
     def _scrub(self, exc: BrainlineError, session_key: str | None) -> None:
         """Keep keys out of an error, even when a server echoes them back."""
@@ -536,20 +764,42 @@ def _set_header(headers: _HeaderList, name: str, value: str) -> None:
     headers.append((name, value))
 
 
-def _malformed(data: str, state: TurnState) -> StreamError:
-    return cast(
-        StreamError,
-        make_error("malformed", detail=f"data is not JSON: {data[:200]}", partial_text=state.text),
-    )
-
-
 def _is_json(content_type: str | None) -> bool:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date (0 when already past)."""
+def _has_progress(events: list[Event]) -> bool:
+    return any(event["type"] in _PROGRESS for event in events)
+
+
+def _retry_wait(
+    error: APIStatusError, retries: int, max_retries: int, budget: float
+) -> float | None:
+    """Seconds to wait before retrying a status error; None: raise it now.
+
+    A Retry-After beyond what is left of the budget fails at once; without one the backoff is
+    cut to what is left.
+    """
+    if error.status not in _RETRY_STATUSES or retries >= max_retries:
+        return None
+    if error.retry_after is None:
+        return min(_RETRY_BACKOFF * 2.0**retries, budget)
+    return error.retry_after if error.retry_after <= budget else None
+
+
+def _query_string(params: Mapping[str, str] | None) -> str:
+    """`?k=v&...`, percent-encoded except RFC 3986 unreserved characters (space as %20)."""
+    if not params:
+        return ""
+    return "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items())
+
+
+def _retry_after(value: str | None, milliseconds: str | None = None) -> float | None:
+    """Retry-After as seconds: `retry-after-ms`, else a number of seconds or an HTTP date (0 when
+    already past)."""
+    if milliseconds is not None and _SECONDS.fullmatch(milliseconds.strip()):
+        return float(milliseconds.strip()) / 1000
     if value is None:
         return None
     text = value.strip()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict, Union
+from typing import Any, Literal, TypedDict, Union
 
 __all__ = [
     "Event",
     "FinishEvent",
     "FinishReason",
+    "ProgressEvent",
     "ReasoningEvent",
     "TextEvent",
     "ToolCall",
@@ -52,6 +53,17 @@ class ReasoningEvent(TypedDict):
     content: str
 
 
+class ProgressEvent(TypedDict):
+    """A named server event that is not a chunk (`event: hermes.tool.progress`): never text.
+
+    `data` is the event's data parsed as JSON, or the string itself when it is not JSON.
+    """
+
+    type: Literal["progress"]
+    event: str
+    data: Any
+
+
 class UsageEvent(TypedDict):
     """Token counts of the turn: the last usage the server sent; input_tokens excludes cached ones."""
 
@@ -69,7 +81,9 @@ class FinishEvent(TypedDict):
 
 
 # Union[...] rather than `|`: this alias is evaluated at runtime on Python 3.10 too.
-Event = Union[TextEvent, ToolCallEvent, ReasoningEvent, UsageEvent, FinishEvent]  # noqa: UP007
+Event = Union[  # noqa: UP007
+    TextEvent, ToolCallEvent, ReasoningEvent, ProgressEvent, UsageEvent, FinishEvent
+]
 """Everything stream() yields."""
 
 

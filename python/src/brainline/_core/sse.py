@@ -36,7 +36,8 @@ class SSEDecoder:
     starting with `:` is a comment; `field:value` takes one optional space after the colon; `data`
     lines join with LF; `event` names the event; a blank line dispatches, but only when there was
     a `data` line. Invalid UTF-8 becomes U+FFFD; a leading byte order mark is dropped. Unlike the
-    spec, flush() dispatches the event still pending at the end of input.
+    spec, flush() dispatches the event still pending at the end of input, and a line
+    `error: <value>` (llama.cpp's server) counts as `event: error` plus `data: <value>`.
 
     A line longer than `max_line_bytes` or event data longer than `max_event_bytes` (in UTF-8
     bytes, without line ends) raises StreamError `too_large`. When events completed earlier in the
@@ -202,6 +203,10 @@ class SSEDecoder:
                 data.append(value)
             elif field == b"event":
                 name = value.decode("utf-8", "replace") or None
+            elif field == b"error":
+                # Not a WHATWG field: llama.cpp's server writes a failure as `error: {...}`.
+                name = "error"
+                data.append(value)
             # "id" and "retry" do not change what is dispatched; other fields are ignored.
         self._data = data
         self._event = name

@@ -67,8 +67,8 @@ class TurnState:
     """The state of one turn: chunks in, events out; the usage and finish events at the end."""
 
     __slots__ = (
-        "_emit_reasoning",
         "_dropped",
+        "_emit_reasoning",
         "_finish_reason",
         "_fresh",
         "_held",

@@ -351,7 +351,9 @@ class BaseLLM:
                         done = True
                         break
                     events = state.feed_event(sse.event, data)
-                    if deadline.watches_progress and (_has_progress(events) or state.take_dropped()):
+                    if deadline.watches_progress and (
+                        _has_progress(events) or state.take_dropped()
+                    ):
                         deadline.progress()
                     for event in events:
                         if barge is not None:

@@ -116,6 +116,31 @@ ATTW = "@arethetypeswrong/cli@0.18.5"
 DIST = ROOT / "dist"
 
 
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of the Python SSE decoder (atheris), seeded from the parity cases.
+
+    Off by default. Posargs go to libFuzzer; default -max_total_time=60 (seconds).
+    """
+    session.install(*_group("fuzz"))
+    session.install("-e", "python")
+    args = session.posargs or ["-max_total_time=60"]
+    session.run("python", "tests/fuzz/fuzz_sse.py", *args)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """500 concurrent calls for 5 minutes per language against the mock server with a fault mix.
+
+    Off by default. Posargs go to tests/soak/soak.py, e.g. `-- --seconds 60 --calls 200`.
+    """
+    session.install(*_group("test"))
+    session.install("-e", "python")
+    _npm_ci(session)
+    _npm(session, "build")  # the TypeScript half drives the built package
+    session.run("python", "tests/soak/soak.py", *session.posargs)
+
+
 def _artifacts() -> tuple[Path, Path, Path]:
     """(wheel, sdist, npm tarball) in dist/, exactly one of each."""
     found = [sorted(DIST.glob(pattern)) for pattern in ("*.whl", "*.tar.gz", "*.tgz")]

@@ -123,12 +123,13 @@ export function checkHeaderName(option: string, value: unknown): void {
 /** http or https, with a host, and no credentials (never echoed back when present). */
 export function checkUrl(option: string, value: unknown): void {
   if (typeof value !== "string") return;
+  const rest = value.includes("://") ? value.slice(value.indexOf("://") + 3) : value;
+  if (rest.split(/[/?#]/, 1)[0]?.includes("@")) throw makeError("base_url_credentials", { option });
   const match = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)/.exec(value);
   const scheme = match?.[1]?.toLowerCase();
   if (match === null || (scheme !== "http" && scheme !== "https") || match[2] === "") {
     throw makeError("invalid_base_url", { option, value });
   }
-  if (match[2]?.includes("@")) throw makeError("base_url_credentials", { option });
 }
 
 export function checkMaxLength(option: string, value: unknown, maximum: number): void {
@@ -170,6 +171,19 @@ export function derivePrefixed(
   unlessContains: readonly string[],
 ): string {
   return unlessContains.some((s) => value.includes(s)) ? value : prefix + value;
+}
+
+const INSPECT = Symbol.for("nodejs.util.inspect.custom");
+
+/** The config frozen; util.inspect shows "***" for its secret fields, as Python's repr does. */
+export function freezeConfig<T extends object>(config: T, secrets: ReadonlySet<string>): T {
+  Object.defineProperty(config, INSPECT, {
+    value(_depth: number, options: object, inspect: (value: unknown, options: object) => string) {
+      const shown = Object.entries(config).map(([k, v]) => [k, secrets.has(k) && v ? "***" : v]);
+      return inspect(Object.fromEntries(shown), options);
+    },
+  });
+  return Object.freeze(config);
 }
 
 /** A frozen private copy, so later changes to the caller's object do not reach the wire. */

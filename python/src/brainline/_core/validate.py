@@ -128,11 +128,12 @@ def check_url(option: str, value: str | None) -> None:
     """http or https, with a host, and no credentials (never echoed back when present)."""
     if value is None:
         return
+    authority = re.split(r"[/?#]", value.split("://", 1)[-1], maxsplit=1)[0]
+    if "@" in authority:
+        raise make_error("base_url_credentials", option=option)
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise make_error("invalid_base_url", option=option, value=value)
-    if "@" in parts.netloc:
-        raise make_error("base_url_credentials", option=option)
 
 
 def check_max_length(option: str, value: str | None, maximum: int) -> None:

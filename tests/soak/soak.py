@@ -1,0 +1,227 @@
+"""Soak: concurrent calls for a while against the MockServer with a fault mix (`nox -s soak`).
+
+Each call runs turns back to back, each of a random kind (tests/reliability/faults.py: normal turns,
+barge-ins before the headers, mid-stream and during stalls, drops, resets, HTTP and stream errors),
+with a barge-in timer of 5 ms before the headers as a caller would do it. The MockServer runs in its
+own process. Prints error counts by code, p50/p99 turn time per kind, RSS over time and a JSON
+summary; exits 1 on any untyped error, hang (a turn not ended within --hang seconds) or turn that
+ended otherwise than its kind says.
+
+    python tests/soak/soak.py [--calls 500] [--seconds 300] [--hang 30] [--json out.json]
+                              [--language python|typescript|both]
+
+The TypeScript half (tests/soak/soak.mjs) drives typescript/dist/index.js (`npm run build`) the
+same way, after the Python half, against the same server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "reliability"))
+
+import faults  # noqa: E402
+
+from brainline import BrainlineError, CustomLLM  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def turn(llm: CustomLLM, kind: str) -> str:
+    loop = asyncio.get_running_loop()
+    cancel = asyncio.Event()
+    timer = loop.call_later(0.005, cancel.set) if kind == "barge_headers" else None
+    events = 0
+    finished = False
+    try:
+        async for event in llm.stream(MESSAGES, cancel_event=cancel):
+            events += 1
+            finished = event["type"] == "finish"
+            if kind == "barge_mid" and events == 2:
+                cancel.set()
+            elif kind == "barge_stall" and events == 1:
+                timer = loop.call_later(0.005, cancel.set)
+    except BrainlineError as exc:
+        return exc.code
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return "finish" if finished else "cancelled"
+
+
+def start_server() -> tuple[subprocess.Popen[str], str, Path]:
+    script = Path(tempfile.mkdtemp(prefix="brainline-soak-")) / "script.json"
+    script.write_text(json.dumps(faults.script()), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python" / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brainline.testing", "--port", "0", "--script", str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip(), script
+
+
+def soak_typescript(origin: str, calls: int, seconds: float, hang: float) -> dict[str, Any]:
+    config = {
+        "origin": origin,
+        "kinds": faults.KINDS,
+        "outcome": faults.OUTCOME,
+        "calls": calls,
+        "seconds": seconds,
+        "hang": hang,
+        "entry": str(ROOT / "typescript" / "dist" / "index.js"),
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    try:
+        out = subprocess.run(
+            ["node", str(ROOT / "tests" / "soak" / "soak.mjs"), f.name],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=seconds + hang + 120,
+        )
+    finally:
+        os.unlink(f.name)
+    result: dict[str, Any] = json.loads(out.stdout)
+    result.update(calls=calls, seconds=seconds)
+    return result
+
+
+async def soak(calls: int, seconds: float, hang: float, origin: str) -> dict[str, Any]:
+    kinds = list(faults.KINDS)
+    llms = {k: CustomLLM(base_url=f"{origin}/{k}/v1", model="m", timeout=10) for k in kinds}
+    codes: collections.Counter[str] = collections.Counter()
+    wrong: collections.Counter[str] = collections.Counter()
+    untyped: collections.Counter[str] = collections.Counter()
+    durations: dict[str, list[float]] = collections.defaultdict(list)
+    hangs = 0
+    rss: list[tuple[float, float]] = []
+    started = time.monotonic()
+    end = started + seconds
+
+    async def call(seed: int) -> None:
+        nonlocal hangs
+        rng = random.Random(seed)
+        while time.monotonic() < end:
+            kind = rng.choice(kinds)
+            t0 = time.monotonic()
+            try:
+                got = await asyncio.wait_for(turn(llms[kind], kind), hang)
+            except asyncio.TimeoutError:
+                hangs += 1
+                continue
+            except Exception as exc:  # anything but a BrainlineError is a failure
+                untyped[type(exc).__name__] += 1
+                continue
+            durations[kind].append(time.monotonic() - t0)
+            codes[got] += 1
+            if got != faults.OUTCOME[kind]:
+                wrong[f"{kind} -> {got}"] += 1
+
+    async def sample() -> None:
+        while time.monotonic() < end:
+            rss.append((round(time.monotonic() - started, 1), round(rss_mb(), 1)))
+            await asyncio.sleep(min(10, max(1, seconds / 30)))
+
+    try:
+        await asyncio.gather(sample(), *(call(i) for i in range(calls)))
+        rss.append((round(time.monotonic() - started, 1), round(rss_mb(), 1)))
+    finally:
+        for llm in llms.values():
+            await llm.aclose()
+
+    def pct(values: list[float], p: float) -> float:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 1) if values else 0
+
+    every = [d for ds in durations.values() for d in ds]
+    return {
+        "calls": calls,
+        "seconds": seconds,
+        "turns": sum(codes.values()),
+        "outcomes": dict(codes.most_common()),
+        "unexpected": dict(wrong.most_common()),
+        "untyped": dict(untyped),
+        "hangs": hangs,
+        "turn_ms": {"p50": pct(every, 0.5), "p99": pct(every, 0.99)},
+        "turn_ms_by_kind": {
+            k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "n": len(v)}
+            for k, v in sorted(durations.items())
+        },
+        "rss_mb": rss,
+        "rss_mb_median": statistics.median(r for _, r in rss) if rss else 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--hang", type=float, default=30)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--language", choices=["python", "typescript", "both"], default="both")
+    args = parser.parse_args(argv)
+    proc, url, script = start_server()
+    origin = url.removesuffix("/v1")
+    results = {}
+    try:
+        if args.language in ("python", "both"):
+            results["python"] = asyncio.run(soak(args.calls, args.seconds, args.hang, origin))
+        if args.language in ("typescript", "both"):
+            results["typescript"] = soak_typescript(origin, args.calls, args.seconds, args.hang)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the server's way to stop cleanly: end of stdin
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(10)
+        script.unlink()
+        script.parent.rmdir()
+    ok = True
+    for language, result in results.items():
+        ok = report(language, args, result) and ok
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print("soak: OK" if ok else "soak: FAILED")
+    return 0 if ok else 1
+
+
+def report(language: str, args: argparse.Namespace, result: dict[str, Any]) -> bool:
+    print(f"== {language}")
+    print(f"{result['turns']} turns, {args.calls} concurrent calls, {args.seconds:g} s")
+    print(f"outcomes: {result['outcomes']}")
+    print(f"turn time p50 {result['turn_ms']['p50']} ms, p99 {result['turn_ms']['p99']} ms")
+    for kind, stats in result["turn_ms_by_kind"].items():
+        print(f"  {kind:14} n={stats['n']:7} p50={stats['p50']:8} ms p99={stats['p99']:8} ms")
+    print(f"RSS MB over time (s, MB): {result['rss_mb']}")
+    print(f"untyped errors: {result['untyped']}, hangs: {result['hangs']}")
+    print(f"unexpected outcomes: {result['unexpected']}")
+    return not result["untyped"] and not result["hangs"] and not result["unexpected"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,11 +74,9 @@ async def _turn(llm: CustomLLM, kind: str, server: MockServer, call_id: str) -> 
 def _census() -> collections.Counter[str]:
     """Live objects by type after a full collection, leaving out the server's records."""
     gc.collect()
-    return collections.Counter(
-        f"{type(o).__module__}.{type(o).__qualname__}"
-        for o in gc.get_objects()
-        if not type(o).__module__.startswith("brainline.testing")
-    )
+    # f-strings, not .startswith on __module__: for some types it is a descriptor, not a str
+    names = (f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+    return collections.Counter(n for n in names if not n.startswith("brainline.testing"))
 
 
 def _open_connections(server: MockServer) -> str:

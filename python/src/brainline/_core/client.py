@@ -64,6 +64,19 @@ _encode = json.JSONEncoder(
 _HeaderList = list[tuple[str, str]]
 
 
+def _undo_own_cancel(task: asyncio.Task[Any] | None) -> bool:
+    """Undo a cancel brainline requested on `task`; False when someone else cancelled it too."""
+    if task is None:
+        return False
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is None:  # Python 3.10: no count of cancel requests
+        return True
+    remaining: int = uncancel()
+    # Before 3.11 the count cannot be trusted (a backported Task under anyio, which cancels
+    # tasks without uncancelling them there): then the request is only balanced.
+    return remaining == 0 or sys.version_info < (3, 11)
+
+
 class _Barge:
     """Barge-in for one turn: a watcher task that ends the turn when cancel_event is set.
 
@@ -101,15 +114,7 @@ class _Barge:
 
     def absorb(self) -> bool:
         """For a caught CancelledError: True when it is only the barge-in's own (then undone)."""
-        if not self.cancelled_task or self.task is None:
-            return False
-        uncancel = getattr(self.task, "uncancel", None)
-        if uncancel is None:  # Python 3.10: no count of cancel requests
-            return True
-        remaining: int = uncancel()
-        # Before 3.11 the count cannot be trusted (a backported Task under anyio, which cancels
-        # tasks without uncancelling them there): then the request is only balanced.
-        return remaining == 0 or sys.version_info < (3, 11)
+        return self.cancelled_task and _undo_own_cancel(self.task)
 
     async def stop(self) -> None:
         if self.closing:
@@ -217,13 +222,7 @@ class _Deadline:
 
     def absorb(self) -> bool:
         """For a caught CancelledError: True when the timer cancelled the task (then undone)."""
-        if not self.cancelled_task or self.task is None:
-            return False
-        uncancel = getattr(self.task, "uncancel", None)
-        if uncancel is None:  # Python 3.10: no count of cancel requests
-            return True
-        remaining: int = uncancel()
-        return remaining == 0 or sys.version_info < (3, 11)
+        return self.cancelled_task and _undo_own_cancel(self.task)
 
     def error(self, url: str) -> BrainlineError:
         code = self.fired or "total_timeout"

@@ -234,3 +234,41 @@ def publish(session: nox.Session) -> None:
             str(npmrc),
             external=True,
         )
+
+
+# Real third-party servers for `nox -s peers` (tests/peers/, docs/peers.md). LiteLLM's proxy extra and
+# hermes-agent pin incompatible versions (cryptography, rich, python-dotenv, openai), so Hermes gets a
+# second virtualenv inside this session's own directory.
+PEERS_LITELLM = ["litellm[proxy]==1.108.7"]  # 1.108.8+ needs litellm-proxy, not published
+PEERS_HERMES = ["hermes-agent==0.19.0", "aiohttp"]
+
+
+@nox.session
+def peers(session: nox.Session) -> None:
+    """Both languages against real servers on 127.0.0.1: the LiteLLM proxy and the Hermes agent API.
+
+    Off by default (installing them takes minutes). LiteLLM goes into this session's virtualenv;
+    Hermes into `<session venv>/hermes` (their pins conflict). Posargs go to tests/peers/run_peers.py,
+    e.g. `-- --only litellm`.
+    """
+    session.install("-e", "python")
+    session.install(*PEERS_LITELLM)
+    venv = session.virtualenv.location
+    hermes = Path(venv) / "hermes"
+    hermes_python = hermes / "bin" / "python"
+    if not hermes_python.exists():
+        session.run_install("python", "-m", "venv", str(hermes))
+    session.run_install(
+        str(hermes_python), "-m", "pip", "install", "-q", *PEERS_HERMES, external=True
+    )
+    _npm_ci(session)
+    _npm(session, "build")  # the TypeScript half drives the built package
+    session.run(
+        "python",
+        "tests/peers/run_peers.py",
+        "--hermes-python",
+        str(hermes_python),
+        "--node-package",
+        TS,
+        *session.posargs,
+    )

@@ -137,11 +137,7 @@ async def _serve(write: Writer) -> AsyncIterator[str]:
 
 
 # Reviewed gaps, strict: each fails the run once fixed, until removed here.
-KNOWN_BUGS = {
-    "slow_headers": "bug: Python bounds each read of the headers by `timeout`, not the whole wait "
-    "for them (docs/runtime.md: no headers for `timeout` s -> read_timeout), so headers trickling "
-    "in forever hold the turn until total_timeout, or forever without it",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,9 @@ _encode = json.JSONEncoder(
 _HeaderList = list[tuple[str, str]]
 
 
+_HEADER_GRACE = 0.1  # seconds
+
+
 def _undo_own_cancel(task: asyncio.Task[Any] | None) -> bool:
     """Undo a cancel brainline requested on `task`; False when someone else cancelled it too."""
     if task is None:
@@ -520,7 +523,7 @@ class BaseLLM:
         while True:
             request = httpx.Request("POST", self._request_url, headers=headers, content=body)
             try:
-                response = await client.send(request, stream=True)
+                response = await self._send_once(client, request)
             except httpx.TransportError as exc:
                 error = self._transport_error(exc)
                 if error.code != "connection_error" or retries >= config.max_retries:
@@ -549,6 +552,32 @@ class BaseLLM:
             logger.debug("retry %d in %.3f s (%s)", retries, wait, error.code)
             if wait > 0:
                 await asyncio.sleep(wait)
+
+    async def _send_once(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+        """client.send, with the whole wait for the headers bounded by `timeout` (httpx bounds each
+        read only, so headers trickling in would otherwise hold the turn), as TypeScript's timer
+        does: expiry is APITimeoutError read_timeout."""
+        timeout = self._config.timeout
+        task = asyncio.current_task()
+        fired = False
+
+        def expire() -> None:
+            nonlocal fired
+            fired = True
+            if task is not None:
+                task.cancel()
+
+        # A grace period lets httpx's own connect/read timeouts (the same `timeout`) speak first
+        # when the wait was a plain silence; this clock only ends waits that kept receiving bytes.
+        handle = asyncio.get_running_loop().call_later(timeout + _HEADER_GRACE, expire)
+        try:
+            return await client.send(request, stream=True)
+        except asyncio.CancelledError:
+            if fired and _undo_own_cancel(task):
+                raise make_error("read_timeout", url=self._url, timeout=timeout) from None
+            raise
+        finally:
+            handle.cancel()
 
     def _adapt_dialect(self, error: APIStatusError) -> bool:
         """In "auto" mode, drop or rename a field a 400/422 names; True when the body changed.

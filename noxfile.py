@@ -239,8 +239,8 @@ def publish(session: nox.Session) -> None:
 # Real third-party servers for `nox -s peers` (tests/peers/, docs/peers.md). LiteLLM's proxy extra and
 # hermes-agent pin incompatible versions (cryptography, rich, python-dotenv, openai), so Hermes gets a
 # second virtualenv inside this session's own directory.
-PEERS_LITELLM = ["litellm[proxy]==1.108.7"]  # 1.108.8+ needs litellm-proxy, not published
-PEERS_HERMES = ["hermes-agent==0.19.0", "aiohttp"]
+PEERS_LITELLM = ["litellm[proxy]==1.108.7"]  # newer [proxy] extras pin packages the index lacks
+PEERS_HERMES = ["hermes-agent==0.19.0", "aiohttp==3.14.5"]  # Hermes needs aiohttp, undeclared
 
 
 @nox.session

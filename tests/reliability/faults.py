@@ -8,7 +8,13 @@ typescript/test/reliability/leak.test.ts uses the same table (kept in step by ha
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from brainline import BaseLLM, BrainlineError
+
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 KINDS: dict[str, dict[str, Any]] = {
     "ok": {"text": ["Hel", "lo", "!"], "usage": {"prompt_tokens": 3, "completion_tokens": 3}},
@@ -38,3 +44,45 @@ OUTCOME = {
 
 def script() -> dict[str, Any]:
     return {"routes": {f"/{kind}/": response for kind, response in KINDS.items()}}
+
+
+async def turn(
+    llm: BaseLLM,
+    kind: str,
+    *,
+    call_id: str | None = None,
+    before_headers: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+) -> str:
+    """One turn on the route of `kind`: "finish", "cancelled" or the error code it ended with.
+
+    The barge-in kinds set the turn's cancel event: after the second event (mid), 5 ms into the
+    stall after the first event, or before the headers: `before_headers(cancel)` when given,
+    else 5 ms after the start.
+    """
+    loop = asyncio.get_running_loop()
+    cancel = asyncio.Event()
+    timer = None
+    barge = None
+    if kind == "barge_headers":
+        if before_headers is None:
+            timer = loop.call_later(0.005, cancel.set)
+        else:
+            barge = asyncio.ensure_future(before_headers(cancel))
+    events = 0
+    finished = False
+    try:
+        async for event in llm.stream(MESSAGES, cancel_event=cancel, call_id=call_id):
+            events += 1
+            finished = event["type"] == "finish"
+            if kind == "barge_mid" and events == 2:
+                cancel.set()
+            elif kind == "barge_stall" and events == 1:
+                timer = loop.call_later(0.005, cancel.set)
+    except BrainlineError as exc:
+        return exc.code
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if barge is not None:
+            barge.cancel()
+    return "finish" if finished else "cancelled"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import os
 import random
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from brainline import BrainlineError, CustomLLM
+from brainline import CustomLLM
 from brainline.testing import MockServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,7 +32,6 @@ TURNS = int(os.environ.get("BRAINLINE_LEAK_TURNS", "10000"))
 WORKERS = 4
 WARMUP = 300
 OBJECT_SLACK = 64  # objects of one type that may be added between the warm-up and the end
-MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 async def _when_received(server: MockServer, call_id: str, cancel: asyncio.Event) -> None:
@@ -42,33 +42,6 @@ async def _when_received(server: MockServer, call_id: str, cancel: asyncio.Event
     while not any(r.header("x-turn") == call_id for r in server.requests[-64:]):  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     cancel.set()
-
-
-async def _turn(llm: CustomLLM, kind: str, server: MockServer, call_id: str) -> str:
-    loop = asyncio.get_running_loop()
-    cancel = asyncio.Event()
-    timer = None
-    barge = None
-    if kind == "barge_headers":
-        barge = asyncio.ensure_future(_when_received(server, call_id, cancel))
-    events = 0
-    finished = False
-    try:
-        async for event in llm.stream(MESSAGES, cancel_event=cancel, call_id=call_id):
-            events += 1
-            finished = event["type"] == "finish"
-            if kind == "barge_mid" and events == 2:
-                cancel.set()
-            elif kind == "barge_stall" and events == 1:
-                timer = loop.call_later(0.005, cancel.set)
-    except BrainlineError as exc:
-        return exc.code
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if barge is not None:
-            barge.cancel()
-    return "finish" if finished else "cancelled"
 
 
 def _census() -> collections.Counter[str]:
@@ -112,7 +85,13 @@ async def test_turns_with_faults_leak_nothing() -> None:
 
         async def worker() -> None:
             for index, kind in queue:
-                got = await _turn(llms[kind], kind, server, f"t{index}")
+                call_id = f"t{index}"
+                got = await faults.turn(
+                    llms[kind],
+                    kind,
+                    call_id=call_id,
+                    before_headers=functools.partial(_when_received, server, call_id),
+                )
                 outcomes[got] += 1
                 if got != faults.OUTCOME[kind]:
                     wrong.append((kind, got))
@@ -169,7 +148,7 @@ async def test_barge_in_during_connect_leaves_no_connection() -> None:
         for _ in range(100):
             cancel = asyncio.Event()
             asyncio.get_running_loop().call_later(rng.random() * 0.004, cancel.set)
-            async for _ in llm.stream(MESSAGES, cancel_event=cancel):
+            async for _ in llm.stream(faults.MESSAGES, cancel_event=cancel):
                 pass
 
     try:

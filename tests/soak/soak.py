@@ -35,36 +35,12 @@ sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
 import faults  # noqa: E402
 
-from brainline import BrainlineError, CustomLLM  # noqa: E402
-
-MESSAGES = [{"role": "user", "content": "hi"}]
+from brainline import CustomLLM  # noqa: E402
 
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-async def turn(llm: CustomLLM, kind: str) -> str:
-    loop = asyncio.get_running_loop()
-    cancel = asyncio.Event()
-    timer = loop.call_later(0.005, cancel.set) if kind == "barge_headers" else None
-    events = 0
-    finished = False
-    try:
-        async for event in llm.stream(MESSAGES, cancel_event=cancel):
-            events += 1
-            finished = event["type"] == "finish"
-            if kind == "barge_mid" and events == 2:
-                cancel.set()
-            elif kind == "barge_stall" and events == 1:
-                timer = loop.call_later(0.005, cancel.set)
-    except BrainlineError as exc:
-        return exc.code
-    finally:
-        if timer is not None:
-            timer.cancel()
-    return "finish" if finished else "cancelled"
 
 
 def start_server() -> tuple[subprocess.Popen[str], str, Path]:
@@ -128,7 +104,7 @@ async def soak(calls: int, seconds: float, hang: float, origin: str) -> dict[str
             kind = rng.choice(kinds)
             t0 = time.monotonic()
             try:
-                got = await asyncio.wait_for(turn(llms[kind], kind), hang)
+                got = await asyncio.wait_for(faults.turn(llms[kind], kind), hang)
             except asyncio.TimeoutError:
                 hangs += 1
                 continue

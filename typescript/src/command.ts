@@ -100,7 +100,7 @@ function parseChat(argv: string[]): ChatArgs {
   for (const o of OPTIONS) {
     const value = values[o.flag.slice(2)];
     if (value === undefined) continue;
-    if (!(o.name in preset.defaults)) refused.push(o.flag);
+    if (preset.refused.includes(o.name)) refused.push(o.flag);
     if (Array.isArray(value)) options[o.name] = value.length === 1 ? value[0] : value;
     else options[o.name] = parseFlag(o.type, value as string);
   }
@@ -205,8 +205,8 @@ async function chat(args: ChatArgs): Promise<number> {
     options.baseUrl = server.url;
     process.stderr.write(`embedded mock server: ${server.url}\n`);
     if (
-      "model" in preset.defaults &&
-      preset.defaults.model === undefined &&
+      !preset.refused.includes("model") &&
+      !("model" in preset.defaults) &&
       !("model" in options)
     ) {
       options.model = EMBEDDED_MODEL;

@@ -113,7 +113,7 @@ def provider_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kwargs[o.name] = value[0] if len(value) == 1 else list(value)
         else:
             kwargs[o.name] = parse_flag(o.type, value)
-    unknown = set(kwargs) - set(PROVIDERS[args.provider].defaults)
+    unknown = set(kwargs) & set(PROVIDERS[args.provider].refused)
     if unknown:
         flags = ", ".join(sorted(o.flag for o in OPTIONS if o.name in unknown))
         raise _UsageError(f"{flags} not accepted by --provider {args.provider}")
@@ -200,8 +200,12 @@ async def chat(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         server = MockServer(None)
         kwargs["base_url"] = await server.start()
         err.write(f"embedded mock server: {kwargs['base_url']}\n")
-        defaults = PROVIDERS[args.provider].defaults
-        if "model" in defaults and defaults["model"] is None and "model" not in kwargs:
+        preset = PROVIDERS[args.provider]
+        if (
+            "model" not in preset.refused
+            and "model" not in preset.defaults
+            and "model" not in kwargs
+        ):
             kwargs["model"] = EMBEDDED_MODEL
     cls = getattr(registry, PROVIDERS[args.provider].class_name)
     try:

@@ -82,6 +82,7 @@ class Harness:
 
     origin: str  # http://127.0.0.1:PORT of the mock server (no path)
     closed_origin: str  # http://127.0.0.1:PORT where nothing listens
+    stalled_origin: str  # http://127.0.0.1:PORT where a connect never completes
     scrub_env: tuple[str, ...]  # env vars removed around every construction
     option_names: tuple[str, ...]  # snake_case names whose camelCase spelling may be in messages
     version: str
@@ -90,6 +91,7 @@ class Harness:
         return {
             "origin": self.origin,
             "closed_origin": self.closed_origin,
+            "stalled_origin": self.stalled_origin,
             "scrub_env": list(self.scrub_env),
             "option_names": list(self.option_names),
         }
@@ -120,11 +122,39 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_stalled: list[socket.socket] = []  # the listener and its fillers, open until the process ends
+
+
+def stalled_port() -> int:
+    """A loopback port where a TCP connect hangs: a listener whose accept queue is full.
+
+    The listener never accepts; once its backlog is filled, the kernel drops further SYNs, so a
+    client's connect waits until its own timeout. Made once per process.
+    """
+    if not _stalled:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        _stalled.append(listener)
+        port = int(listener.getsockname()[1])
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            _stalled.append(filler)
+        time.sleep(0.05)  # let the fillers' handshakes fill the queue
+    return int(_stalled[0].getsockname()[1])
+
+
 def make_harness(origin: str) -> Harness:
     env_names, option_names, version = spec_facts()
     return Harness(
         origin=origin,
         closed_origin=f"http://127.0.0.1:{closed_port()}",
+        stalled_origin=f"http://127.0.0.1:{stalled_port()}",
         scrub_env=env_names,
         option_names=option_names,
         version=version,
@@ -221,6 +251,7 @@ def resolve_option(value: Any, base_url: str, harness: Harness) -> Any:
             "mock": base_url,
             "mock_slash": base_url + "/",
             "closed": harness.closed_origin + "/v1",
+            "stalled": harness.stalled_origin + "/v1",
         }[kind]
     return value
 
@@ -442,6 +473,7 @@ def camel(name: str) -> str:
 def _normalize_text(text: str, runner: str, case_id: str, harness: Harness) -> str:
     text = text.replace(harness.origin + route_prefix(runner, case_id), "{server}")
     text = text.replace(harness.closed_origin, "{closed}")
+    text = text.replace(harness.stalled_origin, "{stalled}")
     if runner == "ts":  # the language's own spellings (spec/errors.yaml): names, the null word
         for name in sorted(harness.option_names, key=len, reverse=True):
             spelled = camel(name)

@@ -2,7 +2,7 @@
 //
 //   node tests/parity/runner_ts.mjs [--entry path/to/index.js] < payload.json > transcripts.json
 //
-// stdin: {"origin": "http://127.0.0.1:P", "closed_origin": ..., "scrub_env": [...],
+// stdin: {"origin": "http://127.0.0.1:P", "closed_origin": ..., "stalled_origin": ..., "scrub_env": [...],
 //         "option_names": [...], "cases": [case, ...]}  (written by tests/parity/test_parity.py)
 // stdout: {"<case id>": raw record, ...}, the same raw record runner_py.py builds; runner_py.normalize
 // turns both into transcripts, so the two languages are observed and normalised alike.
@@ -99,6 +99,7 @@ function resolveOption(value, baseUrl, payload) {
         mock: baseUrl,
         mock_slash: `${baseUrl}/`,
         closed: `${payload.closed_origin}/v1`,
+        stalled: `${payload.stalled_origin}/v1`,
       }[value.$url];
     }
   }

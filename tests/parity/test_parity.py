@@ -238,7 +238,7 @@ def _mutate(path: Path, language: str) -> int:
 
 def _assert_all_fail(transcripts: dict[str, dict[str, Any]], language: str) -> None:
     version = runner_py.spec_facts()[2]
-    harness = runner_py.Harness("", "", (), (), version)
+    harness = runner_py.Harness("", "", "", (), (), version)
     for case_id in MUTATED_CASES:
         failure = expectation_failure(CASES_BY_ID[case_id], transcripts[case_id], language, harness)
         assert failure is not None, f"the broken {language} runtime passed {case_id}"

@@ -1,3 +1,4 @@
+import * as diagnostics from "node:diagnostics_channel";
 import {
   CONNECT_TIMEOUT_CAP,
   ERROR_BODY_MAX_BYTES,
@@ -41,6 +42,53 @@ const PROGRESS = new Set<string>(["text", "tool_call", "reasoning"]);
 type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
 
 /**
+ * Whether a request is still connecting, which fetch does not say. undici (Node's fetch) publishes
+ * the creation of each request synchronously inside the fetch() call, and the moment the request
+ * goes out on a connected socket. `send` names its exchange while it calls fetch; the two
+ * messages then mark that exchange connecting, then connected. On a platform whose fetch publishes
+ * neither, `connecting` stays undefined and a timeout before the headers is a read timeout.
+ */
+let fetching: Exchange | undefined;
+const exchangeOfRequest = new WeakMap<object, Exchange>();
+
+/** Channels subscribed with channel().subscribe(), kept alive here (Node before 18.7). */
+const keptChannels: diagnostics.Channel[] = [];
+
+function watchChannel(name: string, onRequest: (request: object) => void): void {
+  const listener = (message: unknown): void => {
+    const request = (message as { request?: unknown } | null)?.request;
+    if (typeof request === "object" && request !== null) onRequest(request);
+  };
+  if (typeof diagnostics.subscribe === "function") {
+    diagnostics.subscribe(name, listener);
+  } else {
+    const channel = diagnostics.channel(name);
+    channel.subscribe(listener);
+    keptChannels.push(channel);
+  }
+}
+
+watchChannel("undici:request:create", (request) => {
+  if (fetching === undefined) return;
+  exchangeOfRequest.set(request, fetching);
+  fetching.connecting = true;
+});
+watchChannel("undici:client:sendHeaders", (request) => {
+  const exchange = exchangeOfRequest.get(request);
+  if (exchange !== undefined) exchange.connecting = false;
+});
+
+/** fetch(), with the request it creates tied to `exchange` (see `fetching`). */
+function trackedFetch(exchange: Exchange, url: string, init: RequestInit): Promise<Response> {
+  fetching = exchange;
+  try {
+    return fetch(url, init);
+  } finally {
+    fetching = undefined;
+  }
+}
+
+/**
  * One turn's abort controller (a new one per attempt), linked to the caller's signal, and the one
  * timer that bounds each wait (for the headers, then for every read) to `timeout` and the turn to
  * its first-token, idle and total clocks. Node 18 has no AbortSignal.any.
@@ -49,6 +97,8 @@ class Exchange {
   controller = new AbortController();
   cancelled = false;
   timedOut = false;
+  /** This attempt's request waits for its connection (undefined: the platform does not say). */
+  connecting: boolean | undefined = undefined;
   /** The turn clock that ran out, if one did. */
   clock: ClockCode | undefined = undefined;
   /** The body was read to its end: nothing to abort, the connection went back to the pool. */
@@ -113,6 +163,7 @@ class Exchange {
     if (!this.finished) this.controller.abort();
     this.controller = new AbortController();
     this.finished = false;
+    this.connecting = undefined;
   }
 
   /** Wait before a retry: `ms`, or less when the turn is cancelled or a clock runs out. */
@@ -454,7 +505,7 @@ export class BaseLLM {
       let error: BrainlineError | undefined;
       exchange.startWait();
       try {
-        response = await fetch(this.requestUrl, {
+        response = await trackedFetch(exchange, this.requestUrl, {
           method: "POST",
           headers,
           body,
@@ -616,15 +667,15 @@ export class BaseLLM {
     const timeout = this.llmConfig.timeout;
     const code = causeCode(err);
     if (exchange.clock !== undefined) return exchange.clockError(url);
-    if (exchange.timedOut || code === "UND_ERR_HEADERS_TIMEOUT") {
-      return makeError("read_timeout", { url, timeout, cause: err });
-    }
-    if (code === "UND_ERR_CONNECT_TIMEOUT") {
+    if (code === "UND_ERR_CONNECT_TIMEOUT" || (exchange.timedOut && exchange.connecting)) {
       return makeError("connect_timeout", {
         url,
         timeout: Math.min(timeout, CONNECT_TIMEOUT_CAP),
         cause: err,
       });
+    }
+    if (exchange.timedOut || code === "UND_ERR_HEADERS_TIMEOUT") {
+      return makeError("read_timeout", { url, timeout, cause: err });
     }
     return makeError("connection_error", { url, cause: err });
   }

@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
 import http from "node:http";
 import type { Socket } from "node:net";
@@ -12,6 +13,32 @@ import {
 } from "../../src/core/errors.js";
 import type { Event } from "../../src/core/events.js";
 import type { LLMConfig } from "../../src/generated/options.js";
+
+/**
+ * A loopback port where a TCP connect hangs: a listener (in a Python child, since a Node server
+ * accepts every connection) that never accepts, its backlog filled so the kernel drops new SYNs.
+ */
+async function stalledListener(): Promise<{ port: number; close: () => void }> {
+  const script = [
+    "import socket, sys, time",
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
+    "port = s.getsockname()[1]; fillers = []",
+    "for _ in range(4):",
+    "    f = socket.socket(); f.setblocking(False)",
+    "    try: f.connect(('127.0.0.1', port))",
+    "    except BlockingIOError: pass",
+    "    fillers.append(f)",
+    "time.sleep(0.05); print(port, flush=True); sys.stdin.read()",
+  ].join("\n");
+  const child = spawn(process.env.BRAINLINE_PYTHON ?? "python3", ["-c", script], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.once("data", (data: Buffer) => resolve(Number(String(data).trim())));
+    child.once("error", reject);
+  });
+  return { port, close: () => child.stdin.end() };
+}
 
 // -- a real HTTP server on 127.0.0.1 ---------------------------------------------------------------
 
@@ -734,6 +761,29 @@ describe("transport failures", () => {
     expect(elapsed).toBeGreaterThanOrEqual(190);
     expect(elapsed).toBeLessThan(1000);
     await waitFor(() => server.requests[0]?.closedAt !== undefined);
+  });
+
+  it("tells a connect that never completes from headers that never come, in turns run together", async () => {
+    const stalled = await stalledListener();
+    try {
+      const started = performance.now();
+      server.handler = () => {};
+      const [connecting, waiting] = await Promise.all([
+        collect(
+          llm({ timeout: 0.3, baseUrl: `http://127.0.0.1:${stalled.port}/v1` }).stream(MESSAGES),
+        ),
+        collect(llm({ timeout: 0.3 }).stream(MESSAGES)),
+      ]);
+      expect(performance.now() - started).toBeLessThan(2000);
+      expect((connecting.error as APITimeoutError).code).toBe("connect_timeout");
+      expect((connecting.error as APITimeoutError).message).toBe(
+        `no connection to http://127.0.0.1:${stalled.port}/v1/chat/completions within 0.3 s`,
+      );
+      expect((waiting.error as APITimeoutError).code).toBe("read_timeout");
+      expect(server.requests).toHaveLength(1);
+    } finally {
+      stalled.close();
+    }
   });
 
   it("raises read_timeout when the stream stalls", async () => {

@@ -159,9 +159,11 @@ export class TurnState {
       let chunk: unknown;
       try {
         chunk = JSON.parse(data);
-      } catch (err) {
+      } catch {
         if (keepAlive(data)) return [];
-        throw this.malformed(`data is not JSON: ${cut(data, 200)}`, err);
+        // No parser error as the cause: its message quotes the data, which may echo a key; the
+        // message carries the start of the data, scrubbed.
+        throw this.malformed(`data is not JSON: ${cut(data, 200)}`);
       }
       return this.feed(chunk);
     }
@@ -191,8 +193,8 @@ export class TurnState {
     let body: unknown;
     try {
       body = JSON.parse(text);
-    } catch (err) {
-      throw this.malformed(`data is not JSON: ${cut(text, 200)}`, err);
+    } catch {
+      throw this.malformed(`data is not JSON: ${cut(text, 200)}`);
     }
     if (
       !isObject(body) ||
@@ -204,8 +206,8 @@ export class TurnState {
   }
 
   /** StreamError malformed with the text so far. */
-  malformed(detail: string, cause?: unknown): StreamError {
-    return makeError("malformed", { detail, partialText: this.text, cause }) as StreamError;
+  malformed(detail: string): StreamError {
+    return makeError("malformed", { detail, partialText: this.text }) as StreamError;
   }
 
   /** Content that may hold `<think>` tags, split anywhere across chunks. */

@@ -532,7 +532,8 @@ describe("the stream", () => {
       `malformed stream: data is not JSON: ${"x".repeat(200)}`,
     );
     expect((error as StreamError).partialText).toBe("Hi");
-    expect((error as StreamError).cause).toBeInstanceOf(SyntaxError);
+    // No parser error as the cause: its message quotes the start of the data.
+    expect((error as StreamError).cause).toBeUndefined();
   });
 
   it("raises server_error for an error object or an event named error", async () => {

@@ -64,7 +64,8 @@ const FAILURES: Record<string, unknown> = {
   http_status_text: { status: 500, body: ECHO },
   server_error: { sse: [{ data: { error: { message: ECHO } } }] },
   server_error_event: { sse: [{ event: "error", data: { message: ECHO } }] },
-  malformed: { sse: [`data: not json ${ECHO}\n\n`] },
+  // The key first: a JSON parser's own message may quote the start of the data.
+  malformed: { sse: [`data: ${API_KEY} not json ${ECHO}\n\n`] },
   interrupted: { text: ["a", "b"], drop_after: 1 },
   json_error: { json: { error: { message: ECHO } } },
 };

@@ -14,6 +14,7 @@ __all__ = ["TurnState", "completion_to_chunk"]
 _BLANK = " \t\r\n"  # JSON's whitespace, the same in both languages
 _OPEN = "<think>"
 _CLOSE = "</think>"
+_NOT_JSON: Any = object()  # json.loads failed (a sentinel: null is valid JSON)
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -179,10 +180,15 @@ class TurnState:
         if name is None or name == "message":
             try:
                 chunk = json.loads(data)
-            except (ValueError, RecursionError) as exc:
+            except (ValueError, RecursionError):
+                chunk = _NOT_JSON
+            if chunk is _NOT_JSON:
                 if _keep_alive(data):
                     return []
-                raise self.malformed(f"data is not JSON: {data[:200]}") from exc
+                # Raised outside the except block: a JSONDecodeError as cause or context would
+                # keep the whole data (`doc`), which may echo a key; the message carries the
+                # start of the data, scrubbed.
+                raise self.malformed(f"data is not JSON: {data[:200]}")
             return self.feed(chunk)
         if _keep_alive(data):
             return []
@@ -207,8 +213,10 @@ class TurnState:
             raise self.malformed("empty response body")
         try:
             body = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise self.malformed(f"data is not JSON: {text[:200]}") from exc
+        except (ValueError, RecursionError):
+            body = _NOT_JSON
+        if body is _NOT_JSON:  # raised outside the except block, as in feed_event
+            raise self.malformed(f"data is not JSON: {text[:200]}")
         if not isinstance(body, dict) or ("choices" not in body and body.get("error") is None):
             raise self.malformed(f"not a chat completion: {text[:200]}")
         return [*self.feed(completion_to_chunk(body)), *self.finish(True)]

@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from brainline import CustomLLM
 from brainline.testing import MockServer
 
@@ -37,7 +35,9 @@ OBJECT_SLACK = 64  # objects of one type that may be added between the warm-up a
 async def _when_received(server: MockServer, call_id: str, cancel: asyncio.Event) -> None:
     """Barge in once the server holds the request (it answers 300 ms later): before the headers.
 
-    (A barge-in while the connection is still being made is test_barge_in_during_connect.)
+    Every other barge-in before the headers uses faults.turn's 5 ms timer instead, which often
+    lands while the connection is being made (test_barge_in_during_connect_leaves_no_connection
+    does only that).
     """
     while not any(r.header("x-turn") == call_id for r in server.requests[-64:]):  # noqa: ASYNC110
         await asyncio.sleep(0.001)
@@ -90,7 +90,9 @@ async def test_turns_with_faults_leak_nothing() -> None:
                     llms[kind],
                     kind,
                     call_id=call_id,
-                    before_headers=functools.partial(_when_received, server, call_id),
+                    before_headers=(
+                        functools.partial(_when_received, server, call_id) if index % 2 else None
+                    ),
                 )
                 outcomes[got] += 1
                 if got != faults.OUTCOME[kind]:
@@ -130,13 +132,12 @@ async def test_turns_with_faults_leak_nothing() -> None:
     print(f"\n{TURNS} turns in {elapsed:.1f} s, {dict(outcomes)}, objects {sum(after.values())}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (httpcore, encode/httpcore#1093): a barge-in while the connection is being made "
-    "leaves it in the pool, CONNECTING for ever; 100 of them (the pool size) and every later turn "
-    "of that client fails with a pool timeout",
-)
 async def test_barge_in_during_connect_leaves_no_connection() -> None:
+    """Barge-ins 0-4 ms into a turn, many while the connection is being made, on 8 workers.
+
+    httpcore leaves a connection made for a request cancelled before it went out in its pool for
+    ever (encode/httpcore#1093: 60 to 80 of these 800 turns); brainline closes them.
+    """
     server = MockServer(faults.script())
     url = await server.start()
     llm = CustomLLM(
@@ -153,7 +154,7 @@ async def test_barge_in_during_connect_leaves_no_connection() -> None:
 
     try:
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(8))), 60)
-        # Connections that never carried a request, still open: 60 to 80 of 800 here.
+        # Connections that never carried a request, still open (60 to 80 of 800 without the fix).
         with_request = {r.connection for r in server.requests}
         assert await server.wait_for_async(
             lambda: (

@@ -67,6 +67,23 @@ _HeaderList = list[tuple[str, str]]
 _HEADER_GRACE = 0.1  # seconds
 
 
+async def _close_stranded(client: httpx.AsyncClient) -> None:
+    """Close the pool's connections that were made for a request cancelled before it went out.
+
+    encode/httpcore#1093: a request cancelled after its connection was made but before the
+    request was written leaves that connection in the pool in state NEW, which is never available,
+    idle or expired: it keeps a socket and a pool slot for ever, and once the pool (100) is full of
+    them every later turn fails with a pool timeout. A running request whose connection is closed
+    here in the same instant gets httpcore's ConnectionNotAvailable, on which the pool gives it
+    another connection. Reaches into httpx's transport (its pool is not public); a client without
+    one (a proxy mount, another httpx) is left alone.
+    """
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    for connection in list(getattr(pool, "connections", ())):
+        if ", NEW, " in connection.info():
+            await connection.aclose()
+
+
 def _undo_own_cancel(task: asyncio.Task[Any] | None) -> bool:
     """Undo a cancel brainline requested on `task`; False when someone else cancelled it too."""
     if task is None:
@@ -256,6 +273,7 @@ class BaseLLM:
     def __init__(self, config: LLMConfig) -> None:
         self._config = config
         self._client: httpx.AsyncClient | None = None
+        self._sweeps: set[asyncio.Task[None]] = set()  # _close_stranded runs after a cancel
         base = config.base_url.rstrip("/")
         query = _query_string(config.extra_query)
         self._url = base + "/chat/completions"  # in messages: without extra_query
@@ -478,6 +496,8 @@ class BaseLLM:
         The instance stays usable: a later turn opens a new pool.
         """
         client, self._client = self._client, None
+        if self._sweeps:
+            await asyncio.gather(*self._sweeps, return_exceptions=True)
         if client is not None:
             await client.aclose()
 
@@ -573,11 +593,19 @@ class BaseLLM:
         try:
             return await client.send(request, stream=True)
         except asyncio.CancelledError:
+            self._sweep(client)
             if fired and _undo_own_cancel(task):
                 raise make_error("read_timeout", url=self._url, timeout=timeout) from None
             raise
         finally:
             handle.cancel()
+
+    def _sweep(self, client: httpx.AsyncClient) -> None:
+        """After a cancel before the response: _close_stranded, in a task of its own (the cancelled
+        turn returns at once)."""
+        sweep = asyncio.get_running_loop().create_task(_close_stranded(client))
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._sweeps.discard)
 
     def _adapt_dialect(self, error: APIStatusError) -> bool:
         """In "auto" mode, drop or rename a field a 400/422 names; True when the body changed.
@@ -749,7 +777,11 @@ class BaseLLM:
             extensions={"timeout": httpx.Timeout(WARMUP_TIMEOUT).as_dict()},
         )
         client = self._client or self._open()
-        response = await client.send(request, stream=True)
+        try:
+            response = await client.send(request, stream=True)
+        except asyncio.CancelledError:  # warmup's own time limit, or the caller's
+            self._sweep(client)
+            raise
         try:
             async for _ in response.aiter_raw():  # to the end, so the connection stays pooled
                 pass

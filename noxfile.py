@@ -6,10 +6,12 @@ the TypeScript toolchain is installed from typescript/package-lock.json with `np
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import nox
+import nox.virtualenv
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
@@ -97,7 +99,29 @@ def bench(session: nox.Session) -> None:
     _npm(session, "build")
     node_dir = str(ROOT / "tests" / "bench" / "node")
     session.run("npm", "ci", "--prefix", node_dir, "--no-audit", "--no-fund", external=True)
-    session.run("python", "tests/bench/run.py", *session.posargs)
+    cold = {
+        "brainline": _clean_venv(session, "brainline", str(ROOT / "python")),
+        "openai-python": _clean_venv(session, "openai", BENCH_PY[0]),
+        "getpatter": _clean_venv(session, "getpatter", BENCH_PY[1]),
+    }
+    env = {"BRAINLINE_COLD_PYTHONS": json.dumps(cold)}
+    session.run("python", "tests/bench/run.py", *session.posargs, env=env)
+
+
+def _clean_venv(session: nox.Session, name: str, *packages: str) -> str:
+    """The python of a venv holding only `packages` and their dependencies, as a user's would.
+
+    Cold start is measured there: the bench venv also holds litellm, whose dependencies (click,
+    rich, pygments) `import httpx` then loads too, for every candidate.
+    """
+    path = Path(session.virtualenv.location) / "cold" / name
+    python = path / "bin" / "python"
+    _, uv, _ = nox.virtualenv.find_uv()
+    session.run(
+        uv, "venv", "--quiet", "--allow-existing", "--python", "python", str(path), external=True
+    )
+    session.run(uv, "pip", "install", "--quiet", "--python", str(python), *packages, external=True)
+    return str(python)
 
 
 @nox.session

@@ -149,11 +149,19 @@ COLD_NODE = {
 
 
 def cold_start(rounds: int) -> dict[str, Any]:
+    # Each Python candidate in a venv of its own package and dependencies only, as a user installs
+    # it (`nox -s bench` makes them; the bare httpx import runs in brainline's); without them,
+    # every candidate runs here.
+    pythons = json.loads(os.environ.get("BRAINLINE_COLD_PYTHONS", "{}"))
+    venv_of = {"bare import httpx": "brainline"}
     py_jobs = {}
     for name, code in COLD_PY.items():
-        if name == "getpatter" and "getpatter" not in py_bench.available(["getpatter"]):
-            continue
-        py_jobs[name] = [sys.executable, "-c", code + PEAK_PY]
+        python = pythons.get(venv_of.get(name, name))
+        if python is None:
+            if name == "getpatter" and "getpatter" not in py_bench.available(["getpatter"]):
+                continue
+            python = sys.executable
+        py_jobs[name] = [python, "-c", code + PEAK_PY]
     dist = os.environ.get("BRAINLINE_DIST", str(ROOT / "typescript" / "dist" / "index.js"))
     node_jobs = {
         name: ["node", "--input-type=module", "-e", code + PEAK_NODE, dist]
@@ -322,6 +330,13 @@ def report(
         add(
             f"Cold start (a fresh process: start, import, construct one client; median of {args.cold_rounds}):"
         )
+        if lang == "py" and os.environ.get("BRAINLINE_COLD_PYTHONS"):
+            add("")
+            add(
+                "Each Python candidate runs in a venv holding only its package and dependencies, as a "
+                "user installs it (bare `import httpx` in brainline's): in the bench venv litellm's "
+                "dependencies (click, rich, pygments) make `import httpx` itself load about 6 MB more."
+            )
         add("")
         add("| candidate | wall ms (ratio) | peak RSS MB |")
         add("|---|---|---|")

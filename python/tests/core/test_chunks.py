@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from brainline._core.chunks import TurnState, completion_to_chunk
+from brainline._core.chunks import TurnState, _loads, completion_to_chunk
 from brainline._core.errors import StreamError
 from brainline._core.events import Event, ToolCall, assemble_tool_calls
 
@@ -381,3 +382,133 @@ def test_completion_to_chunk_edge_cases() -> None:
     }
     with pytest.raises(StreamError, match=r"error: x$"):
         TurnState().feed(completion_to_chunk({"error": {"message": "x"}}))
+
+
+# -- the fast paths give what the general path gives ------------------------------------------------
+
+_TEXT = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+
+
+def _piece(call: dict[str, Any]) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
+
+
+_OPEN_CALL = _piece({"index": 0, "id": "c1", "type": "function", "function": {"name": "f"}})
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        # Plain text: the fast path.
+        ([_TEXT], [{"type": "text", "content": "hi"}]),
+        # What the fast path must leave to the general path, and the general path's answer.
+        (
+            [{"choices": [{"delta": {"content": "a<think>b"}}]}],
+            [{"type": "text", "content": "a"}, {"type": "reasoning", "content": "b"}],
+        ),
+        (
+            [{**_TEXT, "usage": {"prompt_tokens": 3}}],
+            [
+                {"type": "text", "content": "hi"},
+                {"type": "usage", "input_tokens": 3, "output_tokens": 0, "cache_read_tokens": 0},
+            ],
+        ),
+        (
+            [{"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}],
+            [{"type": "text", "content": "hi"}, {"type": "finish", "reason": "stop"}],
+        ),
+        ([{**_TEXT, "error": {"message": "boom"}}], "server_error"),
+        (
+            [_OPEN_CALL, _piece({"index": 0, "function": {"arguments": "{}"}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": "{}"},
+            ],
+        ),
+        # Another index than the open call's: a new slot, through the general path.
+        (
+            [_OPEN_CALL, _piece({"index": 1, "function": {"arguments": "{}"}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 1, "id": None, "name": None, "arguments": "{}"},
+            ],
+        ),
+        # An index of 0.0 or True, a name with the arguments, arguments as an object.
+        (
+            [_OPEN_CALL, _piece({"index": 0.0, "function": {"arguments": "x"}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": "x"},
+            ],
+        ),
+        (
+            [_OPEN_CALL, _piece({"index": True, "function": {"arguments": "x"}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": "x"},
+            ],
+        ),
+        (
+            [_OPEN_CALL, _piece({"index": 0, "function": {"name": "f", "arguments": "x"}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 0, "id": None, "name": "f", "arguments": "x"},
+            ],
+        ),
+        (
+            [_OPEN_CALL, _piece({"index": 0, "function": {"arguments": {"a": 1}}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": '{"a":1}'},
+            ],
+        ),
+        # Arguments before any open call: the general path opens slot 0.
+        (
+            [_piece({"index": 0, "function": {"arguments": "x"}})],
+            [{"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": "x"}],
+        ),
+    ],
+)
+def test_fast_paths_match_the_general_path(chunks: list[Any], expected: Any) -> None:
+    state = TurnState()
+    if expected == "server_error":
+        with pytest.raises(StreamError) as info:
+            state.feed(chunks[0])
+        assert info.value.code == "server_error"
+        return
+    events = [event for chunk in chunks for event in state.feed(chunk)] + state.finish(False)
+    if expected[-1]["type"] != "finish":  # no finish_reason and no [DONE]
+        expected = [*expected, {"type": "finish", "reason": "truncated"}]
+    assert events == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"a": 1}',
+        ' {"a": 1}',
+        '{"a": 1} ',
+        "\t[1, 2]\r\n",
+        "NaN",
+        "-Infinity",
+        "1e400",
+        '"\\ud800"',
+        "12345678901234567890123456789",
+        "\ufeff{}",
+        "",
+        "   ",
+        "{",
+        '{"a": 1} x',
+        "[1,]",
+        "nul",
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_loads_is_json_loads(data: str) -> None:
+    def outcome(loads: Any) -> Any:
+        try:
+            return ("value", repr(loads(data)))
+        except (ValueError, RecursionError) as exc:
+            return (type(exc).__name__, str(exc))
+
+    assert outcome(_loads) == outcome(json.loads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ _BLANK = " \t\r\n"  # JSON's whitespace, the same in both languages
 _OPEN = "<think>"
 _CLOSE = "</think>"
 _NOT_JSON: Any = object()  # json.loads failed (a sentinel: null is valid JSON)
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # what json.loads runs, built once
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -122,6 +124,30 @@ class TurnState:
         """
         if not isinstance(chunk, dict):
             return []
+        # The chunk of almost every event, first: one choice whose delta holds only plain text or
+        # only the next arguments of the open tool call, and nothing else to remember. Anything
+        # else, or anything unexpected, takes the general path below, which gives the same events.
+        choices = chunk.get("choices")
+        if (
+            type(choices) is list
+            and len(choices) == 1
+            and chunk.get("usage") is None
+            and chunk.get("error") is None
+            and "x_groq" not in chunk
+        ):
+            choice = choices[0]
+            delta = choice.get("delta") if type(choice) is dict else None
+            if type(delta) is dict and len(delta) == 1 and choice.get("finish_reason") is None:
+                content = delta.get("content")
+                if type(content) is str and content and self._plain and "<" not in content:
+                    self._fresh = False
+                    self._parts.append(content)
+                    return [{"type": "text", "content": content}]
+                calls = delta.get("tool_calls")
+                if type(calls) is list and len(calls) == 1:
+                    event = self._next_arguments(calls[0])
+                    if event is not None:
+                        return [event]
         error = chunk.get("error")
         if error is not None:
             raise self.server_error(error)
@@ -179,7 +205,7 @@ class TurnState:
         """
         if name is None or name == "message":
             try:
-                chunk = json.loads(data)
+                chunk = _loads(data)
             except (ValueError, RecursionError):
                 chunk = _NOT_JSON
             if chunk is _NOT_JSON:
@@ -305,6 +331,26 @@ class TurnState:
         detail = message if isinstance(message, str) else _compact(error)
         return cast(StreamError, make_error("server_error", detail=detail, partial_text=self.text))
 
+    def _next_arguments(self, call: object) -> ToolCallEvent | None:
+        """`{"index": i, "function": {"arguments": "..."}}` for the slot the last call used (the
+        usual continuation of a tool call) as its event; None for any other call."""
+        if type(call) is not dict or len(call) != 2:
+            return None
+        index = call.get("index")
+        function = call.get("function")
+        if index != self._last_index or type(index) is not int or type(function) is not dict:
+            return None
+        arguments = function.get("arguments")
+        if len(function) != 1 or type(arguments) is not str:
+            return None
+        return {
+            "type": "tool_call",
+            "index": index,
+            "id": None,
+            "name": None,
+            "arguments": arguments,
+        }
+
     def _tool_call(self, call: dict[str, Any]) -> ToolCallEvent:
         function = call.get("function")
         if not isinstance(function, dict):
@@ -349,6 +395,17 @@ class TurnState:
             "name": name,
             "arguments": arguments,
         }
+
+
+def _loads(data: str) -> Any:
+    """json.loads(data), faster: the C scanner json.loads ends in, built once, and json.loads
+    itself for anything the scanner alone does not take whole (whitespace around the value, an
+    error: its exception is the one json.loads raises)."""
+    try:
+        value, end = _scan(data, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return json.loads(data)
+    return value if end == len(data) else json.loads(data)
 
 
 def _keep_alive(data: str) -> bool:

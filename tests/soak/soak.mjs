@@ -13,8 +13,11 @@ const llms = Object.fromEntries(
 const MESSAGES = [{ role: "user", content: "hi" }];
 const outcomes = {};
 const unexpected = {};
+const timeouts = {};
 const untyped = {};
-const durations = Object.fromEntries(kinds.map((k) => [k, []]));
+// Turn times by kind: milliseconds (whole) -> count, so the records do not grow with the turns.
+const durations = Object.fromEntries(kinds.map((k) => [k, new Map()]));
+const TIMEOUTS = new Set(["read_timeout", "connect_timeout"]);
 const rss = [];
 let hangs = 0;
 const started = performance.now();
@@ -69,9 +72,10 @@ async function call(seed) {
       hangs += 1;
       continue;
     }
-    durations[kind].push(performance.now() - t0);
+    const ms = Math.floor(performance.now() - t0);
+    durations[kind].set(ms, (durations[kind].get(ms) ?? 0) + 1);
     count(outcomes, got);
-    if (got !== config.outcome[kind]) count(unexpected, `${kind} -> ${got}`);
+    if (got !== config.outcome[kind]) count(TIMEOUTS.has(got) ? timeouts : unexpected, `${kind} -> ${got}`);
   }
 }
 
@@ -83,21 +87,33 @@ await Promise.all(Array.from({ length: config.calls }, (_, i) => call(i)));
 clearInterval(sampler);
 rss.push([((performance.now() - started) / 1000).toFixed(1), process.memoryUsage().rss / 2 ** 20]);
 await Promise.all(Object.values(llms).map((llm) => llm.close()));
-const pct = (values, p) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted.length ? Math.round(sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] * 10) / 10 : 0;
+/** The bucket (ms) below which a fraction p of the turns ended. */
+const pct = (histogram, p) => {
+  const total = [...histogram.values()].reduce((a, b) => a + b, 0);
+  const rank = Math.floor(p * total);
+  let seen = 0;
+  for (const ms of [...histogram.keys()].sort((a, b) => a - b)) {
+    seen += histogram.get(ms);
+    if (seen > rank) return ms;
+  }
+  return 0;
 };
-const every = Object.values(durations).flat();
+const size = (histogram) => [...histogram.values()].reduce((a, b) => a + b, 0);
+const every = new Map();
+for (const histogram of Object.values(durations)) {
+  for (const [ms, n] of histogram) every.set(ms, (every.get(ms) ?? 0) + n);
+}
 process.stdout.write(
   JSON.stringify({
-    turns: every.length,
+    turns: size(every),
     outcomes,
     unexpected,
+    timeouts,
     untyped,
     hangs,
     turn_ms: { p50: pct(every, 0.5), p99: pct(every, 0.99) },
     turn_ms_by_kind: Object.fromEntries(
-      kinds.map((k) => [k, { p50: pct(durations[k], 0.5), p99: pct(durations[k], 0.99), n: durations[k].length }]),
+      kinds.map((k) => [k, { p50: pct(durations[k], 0.5), p99: pct(durations[k], 0.99), n: size(durations[k]) }]),
     ),
     rss_mb: rss.map(([t, m]) => [Number(t), Math.round(m * 10) / 10]),
   }),

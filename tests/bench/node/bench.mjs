@@ -277,7 +277,10 @@ async function load(names) {
 
 async function sequential(port, rounds, quick) {
   const root = `http://127.0.0.1:${port}`;
-  const candidates = (await load(Object.keys(CANDIDATES))).map(([n, f]) => new Candidate(n, f, root));
+  // BRAINLINE_BENCH_ONLY="brainline,raw fetch" limits a run to some candidates (profiling, quick checks).
+  const only = process.env.BRAINLINE_BENCH_ONLY?.split(",");
+  const names = Object.keys(CANDIDATES).filter((n) => !only || only.includes(n));
+  const candidates = (await load(names)).map(([n, f]) => new Candidate(n, f, root));
   const nBig = quick ? 2000 : 20000;
   const figures = [
     ["throughput", `burst/${nBig}`, (t) => timeTurns(t, 1), nBig * WORD_CHARS, false],

@@ -24,14 +24,28 @@ from typing import Any
 SEED = 20261125
 COUNT = 10_000
 
-# The decoders measure the limits differently on invalid UTF-8: Python counts input bytes, TypeScript
-# the UTF-8 of the decoded text (each U+FFFD counts 3). So streams under small limits stay valid
-# UTF-8 here, and test_sse_corpus.py keeps this case as a strict xfail until the two agree.
-KNOWN_DIFFERENCE = {
-    "pieces": [base64.b64encode(b"data: \xff\xff\n\n").decode()],
-    "max_line": 10,
-    "max_event": 10,
-}
+
+def _stream_of(pieces: list[bytes], max_line: int | None, max_event: int | None) -> dict[str, Any]:
+    return {
+        "pieces": [base64.b64encode(p).decode() for p in pieces],
+        "max_line": max_line,
+        "max_event": max_event,
+    }
+
+
+# Both decoders count the limits in input bytes, also on invalid UTF-8 (where one U+FFFD stands for
+# 1 to 3 bytes); TypeScript used to count the UTF-8 of the decoded text, 3 bytes per U+FFFD. The
+# generated streams under small limits include invalid UTF-8 too; these cases sit on the limits.
+LIMITS_ON_INVALID_UTF8 = [
+    _stream_of([b"data: \xff\xff\n\n"], 10, 10),  # TypeScript counted a 12-byte line
+    _stream_of([b"data: \xff\xff\xff\xff\n\n"], 10, 4),  # both limits met exactly
+    _stream_of([b"data: \xff\xff\xff\xff\xff\n\n"], 10, 10),  # the line is 1 byte over
+    _stream_of([b"data: \xff\xff\xff\xff\xff\n\n"], 20, 4),  # the event is 1 byte over
+    _stream_of([b"data: \xe2\x98\r\ndata: \xed\xa0", b"\x80\r\n\r\n"], 9, 6),
+    _stream_of([b"data: \xe2\x98\r\ndata: \xed\xa0", b"\x80\r\n\r\n"], 9, 5),
+    _stream_of([b"data: \xc3\xa9\xff\xe2\x98\x95\n", b"\n"], 12, 6),  # valid and invalid
+    _stream_of([b"data: \xf0\x9f\x98", b"\xf0\x9f\x98", b"\n\n"], 11, 11),  # unterminated
+]
 
 _ENDS = (b"\n", b"\r\n", b"\r")
 _TEXT = (
@@ -60,11 +74,9 @@ _INVALID = (
 )
 
 
-def _line(rng: random.Random, utf8_only: bool) -> bytes:
+def _line(rng: random.Random) -> bytes:
     """One line without its end: data, event, comment, other fields, junk."""
     kind = rng.random()
-    if utf8_only and 0.75 <= kind < 0.85:
-        kind = 0
     if kind < 0.45:
         value = rng.choice(_TEXT).encode()
         space = b" " if rng.random() < 0.8 else b""
@@ -85,8 +97,7 @@ def _line(rng: random.Random, utf8_only: bool) -> bytes:
     return bytes(rng.randrange(0x20, 0x7F) for _ in range(rng.randrange(0, 40)))
 
 
-def _stream(rng: random.Random, utf8_only: bool) -> bytes:
-    """Streams under small limits are valid UTF-8 (see KNOWN_DIFFERENCE)."""
+def _stream(rng: random.Random) -> bytes:
     parts: list[bytes] = []
     if rng.random() < 0.05:
         parts.append(b"\xef\xbb\xbf")
@@ -95,12 +106,12 @@ def _stream(rng: random.Random, utf8_only: bool) -> bytes:
             parts.append(rng.choice(_ENDS))  # a blank line: dispatch
             continue
         end = rng.choice(_ENDS) if rng.random() < 0.7 else b"\n"
-        parts.append(_line(rng, utf8_only) + end)
+        parts.append(_line(rng) + end)
         if rng.random() < 0.4:
             parts.append(end)
     if rng.random() < 0.2:
-        parts.append(_line(rng, utf8_only))  # unterminated at the end
-    if rng.random() < 0.02 and not utf8_only:
+        parts.append(_line(rng))  # unterminated at the end
+    if rng.random() < 0.02:
         parts.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))))
     return b"".join(parts)
 
@@ -126,7 +137,7 @@ def generate(seed: int = SEED, count: int = COUNT) -> dict[str, Any]:
         limits = rng.random() < 0.25
         streams.append(
             {
-                "pieces": [base64.b64encode(p).decode() for p in _split(rng, _stream(rng, limits))],
+                "pieces": [base64.b64encode(p).decode() for p in _split(rng, _stream(rng))],
                 "max_line": rng.randrange(8, 200) if limits else None,
                 "max_event": rng.randrange(8, 400) if limits else None,
             }

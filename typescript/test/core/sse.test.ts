@@ -20,13 +20,15 @@ function run(
 
 /** Events collected until the decoder throws; returns both. */
 function runUntilError(
-  pieces: readonly string[],
+  pieces: readonly (string | Uint8Array)[],
   options?: SSEDecoderOptions,
 ): { events: ServerSentEvent[]; error: unknown } {
   const decoder = new SSEDecoder(options);
   const events: ServerSentEvent[] = [];
   try {
-    for (const piece of pieces) events.push(...decoder.decode(encoder.encode(piece)));
+    for (const piece of pieces) {
+      events.push(...decoder.decode(typeof piece === "string" ? encoder.encode(piece) : piece));
+    }
     events.push(...decoder.flush());
   } catch (error) {
     return { events, error };
@@ -35,6 +37,12 @@ function runUntilError(
 }
 
 const ev = (data: string, event?: string): ServerSentEvent => ({ event, data });
+
+/** Bytes from strings (UTF-8) and byte values, in order: for input that is not valid UTF-8. */
+function bytes(...parts: (string | number[])[]): Uint8Array {
+  const pieces = parts.map((part) => (typeof part === "string" ? encoder.encode(part) : part));
+  return Uint8Array.from(pieces.flatMap((piece) => [...piece]));
+}
 
 // Multi-byte characters of every UTF-8 length, comments, a named event, multi-line data, an
 // empty-data event, [DONE], and both "data:" spellings.
@@ -121,11 +129,41 @@ describe("SSEDecoder", () => {
     expect(run(["data: a\r", "\rdata: b\n\n"])).toEqual([ev("a"), ev("b")]);
   });
 
+  it("treats a CR ending one read and an LF starting the next as one line end, on every path", () => {
+    // The LF after the CR is not a blank line: nothing is dispatched twice, nothing early.
+    expect(run(["data: a\r", "\n\n", "data: b\n\n"])).toEqual([ev("a"), ev("b")]);
+    expect(run(["data: a\r\r", "\ndata: b\n\n"])).toEqual([ev("a"), ev("b")]);
+    expect(run(["event: e\r", "\ndata: a\r", "\n\r", "\n"])).toEqual([ev("a", "e")]);
+    // The read after the CR looks like the fast path's, but the CR is pending.
+    const decoder = new SSEDecoder();
+    expect(decoder.decode(encoder.encode("data: a\r"))).toEqual([]);
+    expect(decoder.decode(encoder.encode("\ndata: b\n\n"))).toEqual([ev("a\nb")]);
+    // The skipped LF is not counted in a line's size.
+    expect(run(["data: 1234\r", "\n\r", "\n"], { maxLineBytes: 10 })).toEqual([ev("1234")]);
+  });
+
   it("keeps a character split across reads whole", () => {
     const bytes = encoder.encode("data: ☕😀\n\n");
     expect(run([bytes.subarray(0, 7), bytes.subarray(7, 9), bytes.subarray(9)])).toEqual([
       ev("☕😀"),
     ]);
+    // In an event name, in a line that follows complete ones, and counted once against a limit.
+    const named = encoder.encode("data: a\n\nevent: é☕\ndata: ☕b\n\n");
+    for (let at = 0; at <= named.length; at++) {
+      expect(run([named.subarray(0, at), named.subarray(at)], { maxLineBytes: 13 })).toEqual([
+        ev("a"),
+        ev("☕b", "é☕"),
+      ]);
+    }
+    const coffee = encoder.encode("data: ☕\n\n");
+    const pieces = [coffee.subarray(0, 7), coffee.subarray(7, 8), coffee.subarray(8)];
+    expect(run(pieces, { maxLineBytes: 9, maxEventBytes: 3 })).toEqual([ev("☕")]);
+    expect((runUntilError(pieces, { maxLineBytes: 8 }).error as StreamError).message).toBe(
+      "a stream line exceeded 8 bytes",
+    );
+    expect((runUntilError(pieces, { maxEventBytes: 2 }).error as StreamError).message).toBe(
+      "a stream event exceeded 2 bytes",
+    );
   });
 
   it("strips one optional space after the colon", () => {
@@ -167,6 +205,66 @@ describe("SSEDecoder", () => {
     expect(run(["\ufeffdata: x\n\n"])).toEqual([ev("x")]);
     const bom = Uint8Array.of(0xef, 0xbb, 0xbf);
     expect(run([bom.subarray(0, 1), bom.subarray(1), "data: x\n\n"])).toEqual([ev("x")]);
+  });
+
+  it("strips a byte-order mark split across reads, at any point, and only at the start", () => {
+    const stream = encoder.encode("\ufeffdata: x\n\n");
+    for (let a = 0; a <= 4; a++) {
+      for (let b = a; b <= 4; b++) {
+        const pieces = [stream.subarray(0, a), stream.subarray(a, b), stream.subarray(b)];
+        expect(run(pieces), `split at ${a}, ${b}`).toEqual([ev("x")]);
+      }
+    }
+    // One byte at a time, with an empty read in the middle of the mark.
+    expect(run([[0xef], [], [0xbb], [0xbf], "data: x\n\n"].map((p) => bytes(p)))).toEqual([
+      ev("x"),
+    ]);
+    // A second mark is text: here it starts the field name, which is then unknown.
+    expect(run(["\ufeff", "\ufeffdata: x\n\ndata: y\n\n"])).toEqual([ev("y")]);
+    // Not a mark after all: the bytes stay, as U+FFFD, in the first line.
+    expect(run([bytes([0xef, 0xbb]), "data: x\n\ndata: y\n\n"])).toEqual([ev("y")]);
+    expect(run([bytes([0xef]), bytes([0xbb]), "\n", "data: y\n\n"])).toEqual([ev("y")]);
+    // Inside the stream, U+FEFF is data, also at the start of a read or of an event.
+    expect(run(["data: a\n\n", "data: \ufeffb\ufeff\n\n"])).toEqual([ev("a"), ev("\ufeffb\ufeff")]);
+    expect(run(["data: a\r\n", "\ufeffdata: b\r\n\r\n"])).toEqual([ev("a")]);
+  });
+
+  it("replaces invalid UTF-8 as Python does (one U+FFFD per maximal invalid subpart)", () => {
+    // Expected values are Python's bytes.decode("utf-8", "replace") of the same bytes.
+    const cases: [number[], string][] = [
+      [[0xff], "\ufffd"],
+      [[0xc3], "\ufffd"],
+      [[0xe2, 0x98], "\ufffd"],
+      [[0xf0, 0x9f, 0x98], "\ufffd"],
+      [[0xed, 0xa0, 0x80], "\ufffd\ufffd\ufffd"],
+      [[0x80, 0x80], "\ufffd\ufffd"],
+      [[0xc0, 0xaf], "\ufffd\ufffd"],
+      [[0xe0, 0x80, 0xaf], "\ufffd\ufffd\ufffd"],
+      [[0xf0, 0x80, 0x80], "\ufffd\ufffd\ufffd"],
+      [[0xf4, 0x90, 0x80, 0x80], "\ufffd\ufffd\ufffd\ufffd"],
+      [[0xef, 0xbf, 0xbd], "\ufffd"],
+    ];
+    for (const [invalid, replaced] of cases) {
+      const label = invalid.map((b) => b.toString(16)).join(" ");
+      // Before an ASCII byte, at the end of a line, an event and the input, on both paths.
+      expect(run([bytes("data: ", invalid, "x\n\n")]), label).toEqual([ev(`${replaced}x`)]);
+      expect(run([bytes("data: ", invalid, "\r\n\r\n")]), label).toEqual([ev(replaced)]);
+      expect(run([bytes("data: ", invalid, "\n\n")]), label).toEqual([ev(replaced)]);
+      expect(run([bytes("data: ", invalid, "\ndata: ", invalid, "\n\n")]), label).toEqual([
+        ev(`${replaced}\n${replaced}`),
+      ]);
+      expect(run([bytes("data: é", invalid, "☕\n\n")]), label).toEqual([ev(`é${replaced}☕`)]);
+      expect(run([bytes("event: ", invalid, "\ndata: 1\n\n")]), label).toEqual([ev("1", replaced)]);
+      expect(run([bytes("data: ", invalid)]), label).toEqual([ev(replaced)]);
+    }
+  });
+
+  it("keeps no view of the caller's buffer", () => {
+    const decoder = new SSEDecoder();
+    const buffer = encoder.encode("data: ab\ndata: cd");
+    expect(decoder.decode(buffer)).toEqual([]);
+    buffer.fill(0x7a); // the caller reuses its buffer
+    expect(decoder.decode(encoder.encode("e\n\n"))).toEqual([ev("ab\ncde")]);
   });
 
   it("returns the events before a limit error first, then raises it on the next call", () => {
@@ -226,6 +324,36 @@ describe("SSEDecoder", () => {
       const wide = runUntilError(["data: ☕☕\ndata: ☕\n\n"], { maxEventBytes: 9 });
       expect((wide.error as StreamError).code).toBe("too_large");
       expect(run(["data: ☕☕\ndata: ☕\n\n"], { maxEventBytes: 10 })).toEqual([ev("☕☕\n☕")]);
+    });
+
+    it("counts input bytes on invalid UTF-8, as Python does (not 3 bytes per U+FFFD)", () => {
+      // Two invalid bytes: an 8-byte line and 2 bytes of data, though "\ufffd\ufffd" is 6 in UTF-8.
+      const invalid = bytes("data: ", [0xff, 0xff], "\n\n");
+      expect(run([invalid], { maxLineBytes: 8, maxEventBytes: 2 })).toEqual([ev("\ufffd\ufffd")]);
+      expect((runUntilError([invalid], { maxLineBytes: 7 }).error as StreamError).message).toBe(
+        "a stream line exceeded 7 bytes",
+      );
+      expect((runUntilError([invalid], { maxEventBytes: 1 }).error as StreamError).message).toBe(
+        "a stream event exceeded 1 bytes",
+      );
+      // Valid and invalid bytes together (é 2, ff 1, ☕ 3; ed a0 80 3 bytes, 3 U+FFFD), on the
+      // general path (CRLF), over two lines and two reads.
+      const mixed = bytes("data: é", [0xff], "☕\r\ndata: ", [0xed, 0xa0, 0x80], "\r\n\r\n");
+      const both = [mixed.subarray(0, 10), mixed.subarray(10)];
+      const text = "é\ufffd☕\n\ufffd\ufffd\ufffd";
+      expect(run(both, { maxLineBytes: 12, maxEventBytes: 10 })).toEqual([ev(text)]);
+      expect((runUntilError(both, { maxLineBytes: 11 }).error as StreamError).code).toBe(
+        "too_large",
+      );
+      expect((runUntilError(both, { maxEventBytes: 9 }).error as StreamError).message).toBe(
+        "a stream event exceeded 9 bytes",
+      );
+      // An unterminated line of invalid bytes, refused only once its input bytes are over.
+      const tail = bytes("data: ", [0xe2, 0x98, 0xe2, 0x98]);
+      expect(run([tail, "\n\n"], { maxLineBytes: 10 })).toEqual([ev("\ufffd\ufffd")]);
+      expect(
+        (runUntilError([tail, bytes([0x80])], { maxLineBytes: 10 }).error as StreamError).message,
+      ).toBe("a stream line exceeded 10 bytes");
     });
 
     it("resets the event size after each dispatch", () => {

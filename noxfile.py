@@ -117,8 +117,9 @@ def _clean_venv(session: nox.Session, name: str, *packages: str) -> str:
     path = Path(session.virtualenv.location) / "cold" / name
     python = path / "bin" / "python"
     _, uv, _ = nox.virtualenv.find_uv()
+    base = Path(session.virtualenv.location) / "bin" / "python"  # the bench venv's interpreter
     session.run(
-        uv, "venv", "--quiet", "--allow-existing", "--python", "python", str(path), external=True
+        uv, "venv", "--quiet", "--allow-existing", "--python", str(base), str(path), external=True
     )
     session.run(uv, "pip", "install", "--quiet", "--python", str(python), *packages, external=True)
     return str(python)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -1146,3 +1147,28 @@ async def test_nothing_secret_is_logged(
     await llm.aclose()
     for secret in (KEY, CALLER, "8a59780bb8cd2ba0"):
         assert secret not in caplog.text
+
+
+def test_import_defers_asyncio_and_a_turn_still_runs() -> None:
+    # asyncio costs `import brainline` ~25 ms; it loads on first use (client.py _lazy_module).
+    code = """
+import sys
+import brainline
+assert "asyncio.base_events" not in sys.modules, "asyncio was loaded by import brainline"
+import asyncio
+from brainline.testing import MockServer
+
+async def main():
+    async with MockServer({"text": ["Hel", "lo"]}) as url:
+        llm = brainline.CustomLLM(base_url=url, model="m")
+        turn = await llm.complete([{"role": "user", "content": "hi"}])
+        await llm.aclose()
+    print(turn.text, turn.finish_reason)
+
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Hello", "stop"]

@@ -6,7 +6,7 @@ docs/runtime.md is the contract: request bytes, event order, error mapping and c
 
 from __future__ import annotations
 
-import asyncio
+import importlib.util
 import json
 import logging
 import math
@@ -14,10 +14,8 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import timezone
-from email.utils import parsedate_to_datetime
-from types import TracebackType
-from typing import Any, ClassVar, cast
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -37,6 +35,29 @@ from .session import SessionContext, hash_caller, resolve_session_key
 from .sse import SSEDecoder
 
 __all__ = ["BaseLLM"]
+
+
+def _lazy_module(name: str) -> ModuleType:
+    """`name` as imported, or, when nothing imported it yet, a module that loads on first use
+    (the standard library's LazyLoader). asyncio takes about 25 ms to import and `import httpx`
+    defers it too, so `import brainline` stays close to a bare `import httpx`; any turn loads it.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    import asyncio
+else:
+    asyncio = _lazy_module("asyncio")
 
 logger = logging.getLogger("brainline")
 
@@ -867,6 +888,10 @@ def _retry_after(value: str | None, milliseconds: str | None = None) -> float | 
     text = value.strip()
     if _SECONDS.fullmatch(text):
         return float(text)
+    # Imported here: email.utils costs `import brainline` about 7 ms, and dates are rare here.
+    from datetime import timezone
+    from email.utils import parsedate_to_datetime
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -425,6 +425,18 @@ _OPEN_CALL = _piece({"index": 0, "id": "c1", "type": "function", "function": {"n
                 {"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": "{}"},
             ],
         ),
+        (
+            [{"choices": [{"delta": {"content": "hi", "reasoning": "r"}}]}],
+            [{"type": "reasoning", "content": "r"}, {"type": "text", "content": "hi"}],
+        ),
+        # No index: the open call's slot, through the general path.
+        (
+            [_OPEN_CALL, _piece({"function": {"arguments": "x"}})],
+            [
+                {"type": "tool_call", "index": 0, "id": "c1", "name": "f", "arguments": ""},
+                {"type": "tool_call", "index": 0, "id": None, "name": None, "arguments": "x"},
+            ],
+        ),
         # Another index than the open call's: a new slot, through the general path.
         (
             [_OPEN_CALL, _piece({"index": 1, "function": {"arguments": "{}"}})],

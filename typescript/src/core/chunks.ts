@@ -36,6 +36,9 @@ function keepAlive(data: string): boolean {
   return stripped === "" || stripped[0] === ":";
 }
 
+/** Text pieces joined into one string at a time (TurnState.text). */
+const TEXT_SEGMENT = 64;
+
 /** At most max code points of text (Python slices strings the same way). */
 function cut(text: string, max: number): string {
   if (text.length <= max) return text;
@@ -67,8 +70,13 @@ const FINISH_REASONS: Readonly<Record<string, FinishReason>> = {
 
 /** The state of one turn: parsed chunks in, events out; the usage and finish events at the end. */
 export class TurnState {
-  /** The text streamed so far (what a StreamError carries). */
-  text = "";
+  /**
+   * The text streamed so far, in pieces (`text` joins them). Every TEXT_SEGMENT pieces become one
+   * string: a long turn then keeps a few long strings alive instead of thousands of small ones,
+   * which the collector would copy from the young generation to the old one.
+   */
+  private parts: string[] = [];
+  private segments: string[] = [];
   private finishReason: string | undefined = undefined;
   private usage: JsonObject | undefined = undefined;
   private sawToolCalls = false;
@@ -86,6 +94,24 @@ export class TurnState {
   private fresh = true;
   /** Outside a block with nothing held: content without "<" is plain text. */
   private plain = true;
+
+  /** The text streamed so far (what a StreamError carries). */
+  get text(): string {
+    if (this.parts.length > 0) {
+      this.segments.push(this.parts.join(""));
+      this.parts = [];
+    }
+    if (this.segments.length > 1) this.segments = [this.segments.join("")];
+    return this.segments[0] ?? "";
+  }
+
+  private addText(piece: string): void {
+    this.parts.push(piece);
+    if (this.parts.length === TEXT_SEGMENT) {
+      this.segments.push(this.parts.join(""));
+      this.parts = [];
+    }
+  }
 
   /** `reasoning`: "emit" (reasoning events) or "drop" (none); never text either way. */
   constructor(reasoning = "emit") {
@@ -105,9 +131,41 @@ export class TurnState {
   /** The events of one parsed chunk: reasoning, text, tool calls; remembers finish and usage. */
   feed(chunk: unknown): Event[] {
     if (!isObject(chunk)) return [];
+    // The chunk of almost every event, first: one choice whose delta holds only plain text or
+    // only the next arguments of the open tool call, and nothing else to remember. Anything
+    // else, or anything unexpected, takes the general path below, which gives the same events.
+    const choices = chunk.choices;
+    if (
+      Array.isArray(choices) &&
+      choices.length === 1 &&
+      chunk.usage == null &&
+      chunk.error == null &&
+      chunk.x_groq === undefined
+    ) {
+      const choice = choices[0];
+      const delta = isObject(choice) ? choice.delta : undefined;
+      if (isObject(delta) && choice.finish_reason == null && !hasReasoning(delta)) {
+        const content = delta.content;
+        if (delta.tool_calls === undefined) {
+          if (
+            typeof content === "string" &&
+            content !== "" &&
+            this.plain &&
+            !content.includes("<")
+          ) {
+            this.fresh = false;
+            this.addText(content);
+            return [{ type: "text", content }];
+          }
+        } else if (content === undefined && Array.isArray(delta.tool_calls)) {
+          const event =
+            delta.tool_calls.length === 1 ? this.nextArguments(delta.tool_calls[0]) : undefined;
+          if (event !== undefined) return [event];
+        }
+      }
+    }
     if (chunk.error !== undefined && chunk.error !== null) throw this.serverError(chunk.error);
     const events: Event[] = [];
-    const choices = chunk.choices;
     const choice = Array.isArray(choices) ? choices[0] : undefined;
     if (isObject(choice)) {
       const delta = choice.delta;
@@ -125,7 +183,7 @@ export class TurnState {
         if (content !== undefined) {
           if (this.plain && !content.includes("<")) {
             this.fresh = false;
-            this.text += content;
+            this.addText(content);
             events.push({ type: "text", content });
           } else {
             this.content(content, events);
@@ -249,7 +307,7 @@ export class TurnState {
       if (this.emitReasoning) events.push({ type: "reasoning", content: piece });
       else this.dropped = true;
     } else {
-      this.text += piece;
+      this.addText(piece);
       events.push({ type: "text", content: piece });
     }
   }
@@ -294,6 +352,21 @@ export class TurnState {
     return makeError("server_error", { detail, partialText: this.text }) as StreamError;
   }
 
+  /**
+   * `{"index": i, "function": {"arguments": "..."}}` for the slot the last call used (the usual
+   * continuation of a tool call) as its event; undefined for any other call.
+   */
+  private nextArguments(call: unknown): ToolCallEvent | undefined {
+    const index = this.lastIndex;
+    if (index === undefined || !isObject(call) || call.index !== index || call.id !== undefined) {
+      return undefined;
+    }
+    const fn = call.function;
+    if (!isObject(fn) || typeof fn.arguments !== "string" || fn.name !== undefined)
+      return undefined;
+    return { type: "tool_call", index, id: null, name: null, arguments: fn.arguments };
+  }
+
   private toolCall(call: JsonObject): ToolCallEvent {
     const fn = isObject(call.function) ? call.function : {};
     const id = typeof call.id === "string" ? call.id : null;
@@ -334,6 +407,15 @@ export class TurnState {
             : JSON.stringify(args),
     };
   }
+}
+
+/** Whether a delta has a reasoning field the general path would read. */
+function hasReasoning(delta: JsonObject): boolean {
+  return (
+    delta.reasoning_content !== undefined ||
+    delta.reasoning !== undefined ||
+    delta.reasoning_details !== undefined
+  );
 }
 
 function nonEmpty(value: unknown): string | undefined {

@@ -88,25 +88,29 @@ export class SSEDecoder {
     if (
       this.plain &&
       length <= this.minLimit &&
+      chunk[0] === DATA_SPACE[0] &&
       chunk[length - 1] === LF &&
-      chunk[length - 2] === LF &&
-      startsWith(chunk, DATA_SPACE) &&
-      chunk.indexOf(CR) === -1
+      chunk[length - 2] === LF
     ) {
       // The usual read: whole events of one `data: ` line each, LF line ends, nothing pending,
-      // under both limits. (Starting with "data: ", it has no byte order mark.)
-      this.atStart = false;
-      const end = length - 2;
-      const text = UTF8.decode(chunk.subarray(6, end));
-      if (chunk.indexOf(LF, 6) === end) return [{ event: undefined, data: text }]; // the most common
-      // When no piece holds an LF, every LF belonged to a separator: the split gives exactly the
-      // events' data. (An LF byte is always an LF character, whatever invalid bytes surround it.)
-      const events: ServerSentEvent[] = [];
-      for (const data of text.split("\n\ndata: ")) {
-        if (data.includes("\n")) return this.decodeAny(chunk);
-        events.push({ event: undefined, data });
+      // under both limits. The checks run on the decoded text, which is cheaper than scanning the
+      // bytes: "data: ", CR and LF are ASCII, and an ASCII byte is never part of a multi-byte
+      // sequence, so each is in the text exactly where it is in the bytes, and the text between
+      // them is what decoding those bytes alone gives. (Starting with "data: ", it has no BOM.)
+      const text = UTF8.decode(chunk);
+      if (text.startsWith("data: ") && !text.includes("\r")) {
+        this.atStart = false;
+        const end = text.length - 2;
+        if (text.indexOf("\n", 6) === end) return [{ event: undefined, data: text.slice(6, end) }];
+        // When no piece holds an LF, every LF belonged to a separator: the split gives exactly the
+        // events' data.
+        const events: ServerSentEvent[] = [];
+        for (const data of text.slice(6, end).split("\n\ndata: ")) {
+          if (data.includes("\n")) return this.decodeAny(chunk);
+          events.push({ event: undefined, data });
+        }
+        return events;
       }
-      return events;
     }
     return this.decodeAny(chunk);
   }

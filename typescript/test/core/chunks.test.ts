@@ -275,3 +275,95 @@ describe("assembleToolCalls", () => {
     expect(assembleToolCalls([])).toEqual([]);
   });
 });
+
+describe("the fast paths give what the general path gives", () => {
+  const TEXT = { choices: [{ index: 0, delta: { content: "hi" }, finish_reason: null }] };
+  const piece = (call: Record<string, unknown>) => ({
+    choices: [{ index: 0, delta: { tool_calls: [call] }, finish_reason: null }],
+  });
+  const OPEN = piece({ index: 0, id: "c1", type: "function", function: { name: "f" } });
+  const opened = { type: "tool_call", index: 0, id: "c1", name: "f", arguments: "" };
+  const args = (index: number, a: string, name: string | null = null) => ({
+    type: "tool_call",
+    index,
+    id: null,
+    name,
+    arguments: a,
+  });
+  const cases: [string, unknown[], unknown[]][] = [
+    ["plain text", [TEXT], [{ type: "text", content: "hi" }]],
+    [
+      "a tag in the text",
+      [{ choices: [{ delta: { content: "a<think>b" } }] }],
+      [
+        { type: "text", content: "a" },
+        { type: "reasoning", content: "b" },
+      ],
+    ],
+    [
+      "usage in the same chunk",
+      [{ ...TEXT, usage: { prompt_tokens: 3 } }],
+      [
+        { type: "text", content: "hi" },
+        { type: "usage", input_tokens: 3, output_tokens: 0, cache_read_tokens: 0 },
+      ],
+    ],
+    [
+      "a finish reason in the same chunk",
+      [{ choices: [{ delta: { content: "hi" }, finish_reason: "stop" }] }],
+      [
+        { type: "text", content: "hi" },
+        { type: "finish", reason: "stop" },
+      ],
+    ],
+    [
+      "reasoning beside the text",
+      [{ choices: [{ delta: { content: "hi", reasoning: "r" } }] }],
+      [
+        { type: "reasoning", content: "r" },
+        { type: "text", content: "hi" },
+      ],
+    ],
+    [
+      "the next arguments",
+      [OPEN, piece({ index: 0, function: { arguments: "{}" } })],
+      [opened, args(0, "{}")],
+    ],
+    [
+      "another index",
+      [OPEN, piece({ index: 1, function: { arguments: "{}" } })],
+      [opened, args(1, "{}")],
+    ],
+    ["no index", [OPEN, piece({ function: { arguments: "x" } })], [opened, args(0, "x")]],
+    [
+      "a name with the arguments",
+      [OPEN, piece({ index: 0, function: { name: "f", arguments: "x" } })],
+      [opened, args(0, "x", "f")],
+    ],
+    [
+      "arguments as an object",
+      [OPEN, piece({ index: 0, function: { arguments: { a: 1 } } })],
+      [opened, args(0, '{"a":1}')],
+    ],
+    [
+      "arguments before any open call",
+      [piece({ index: 0, function: { arguments: "x" } })],
+      [args(0, "x")],
+    ],
+  ];
+  it.each(cases)("%s", (_name, chunks, expected) => {
+    const state = new TurnState();
+    const events = [...chunks.flatMap((chunk) => state.feed(chunk)), ...state.finish(false)];
+    const want =
+      (expected.at(-1) as Event).type === "finish"
+        ? expected
+        : [...expected, { type: "finish", reason: "truncated" }];
+    expect(events).toEqual(want);
+  });
+
+  it("an error in a text chunk is a server_error", () => {
+    expect(() => new TurnState().feed({ ...TEXT, error: { message: "boom" } })).toThrow(
+      StreamError,
+    );
+  });
+});

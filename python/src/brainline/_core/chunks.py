@@ -152,7 +152,6 @@ class TurnState:
         if error is not None:
             raise self.server_error(error)
         events: list[Event] = []
-        choices = chunk.get("choices")
         if choices and isinstance(choices, list):
             choice = choices[0]
             if isinstance(choice, dict):

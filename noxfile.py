@@ -121,7 +121,18 @@ def _clean_venv(session: nox.Session, name: str, *packages: str) -> str:
     session.run(
         uv, "venv", "--quiet", "--allow-existing", "--python", str(base), str(path), external=True
     )
-    session.run(uv, "pip", "install", "--quiet", "--python", str(python), *packages, external=True)
+    # --reinstall: a local path keeps its version number while its code changes.
+    session.run(
+        uv,
+        "pip",
+        "install",
+        "--quiet",
+        "--reinstall",
+        "--python",
+        str(python),
+        *packages,
+        external=True,
+    )
     return str(python)
 
 

@@ -331,14 +331,14 @@ export class BaseLLM {
       const response = await this.send(exchange, headers, body, messages, tools, callId);
       if (response === undefined) return;
 
-      const reader = response.body?.getReader();
+      const [reader, isJson] = openBody(response);
       if (reader === undefined) {
         exchange.finished = true;
         yield* state.finish(false);
         return;
       }
 
-      if (isJsonContentType(response.headers.get("content-type"))) {
+      if (isJson) {
         const text = await this.readWhole(reader, exchange, url, state);
         if (text === undefined) return;
         for (const event of state.feedBody(text)) {
@@ -368,7 +368,10 @@ export class BaseLLM {
         } else {
           batch = decoder.decode(result.value);
         }
-        for (const sse of batch) {
+        // Index loops, not for...of: an array iterator held across a yield cannot be optimised
+        // away and would be one more allocation per event.
+        for (let i = 0; i < batch.length; i++) {
+          const sse = batch[i] as ServerSentEvent;
           if (sse.data === "[DONE]") {
             done = true;
             break stream;
@@ -377,9 +380,9 @@ export class BaseLLM {
           if (exchange.watchesProgress && (hasProgress(events) || state.takeDropped())) {
             exchange.progress();
           }
-          for (const event of events) {
+          for (let j = 0; j < events.length; j++) {
             if (exchange.cancelled) return;
-            yield event;
+            yield events[j] as Event;
           }
         }
         // A limit error found after the events above, in the same read.
@@ -833,6 +836,18 @@ function setHeader(headers: [string, string][], name: string, value: string): vo
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * The body's reader (undefined without a body) and whether the answer is JSON. A function of its
+ * own, not inline in stream(): the Response's shape differs from turn to turn, and a shape stream()
+ * has not seen throws its optimised code away (V8 "wrong map"), which costs a long generator a
+ * recompilation every turn.
+ */
+function openBody(
+  response: Response,
+): [ReadableStreamDefaultReader<Uint8Array> | undefined, boolean] {
+  return [response.body?.getReader(), isJsonContentType(response.headers.get("content-type"))];
 }
 
 function isJsonContentType(contentType: string | null): boolean {

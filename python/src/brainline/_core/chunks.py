@@ -16,7 +16,9 @@ _BLANK = " \t\r\n"  # JSON's whitespace, the same in both languages
 _OPEN = "<think>"
 _CLOSE = "</think>"
 _NOT_JSON: Any = object()  # json.loads failed (a sentinel: null is valid JSON)
-_scan = json.scanner.make_scanner(json.JSONDecoder())  # what json.loads runs, built once
+# What json.loads runs, built once. (typeshed types make_scanner's argument as a scanner; it takes
+# the decoder whose settings it copies.)
+_scan = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",

@@ -292,8 +292,9 @@ async function sequential(port, rounds, quick) {
   for (const [figure, scenario, measure, size, tools] of figures) {
     const samples = Object.fromEntries(candidates.map((c) => [c.name, []]));
     for (const c of candidates) await drain(c.turn(scenario), tools);
-    // The short figures take more rounds: one busy moment on the shared machine moves a median of five.
-    for (let r = 0; r < (figure === "throughput" ? rounds : 3 * rounds); r++) {
+    // Every figure takes 3 x rounds: one busy moment on the shared machine moves a median of five
+    // (the raw baseline's own 20k-chunk turn ranged 31-66 ms within one run of five rounds).
+    for (let r = 0; r < 3 * rounds; r++) {
       const k = r % candidates.length;
       for (const c of [...candidates.slice(k), ...candidates.slice(0, k)]) {
         // A small unmeasured turn first: it may have to reconnect (a slower candidate's turn can

@@ -30,7 +30,7 @@ const LF = 10;
 const CR = 13;
 const COLON = 58;
 const BOM = Uint8Array.of(0xef, 0xbb, 0xbf);
-const DATA_SPACE = Uint8Array.of(100, 97, 116, 97, 58, 32); // "data: "
+const LOWER_D = 100; // "d", the first byte of "data: "
 const ONE_LF = Uint8Array.of(LF);
 const TWO_LF = Uint8Array.of(LF, LF);
 // Not streaming, so stateless and shared. Invalid UTF-8 becomes U+FFFD, one per maximal invalid
@@ -88,7 +88,7 @@ export class SSEDecoder {
     if (
       this.plain &&
       length <= this.minLimit &&
-      chunk[0] === DATA_SPACE[0] &&
+      chunk[0] === LOWER_D &&
       chunk[length - 1] === LF &&
       chunk[length - 2] === LF
     ) {

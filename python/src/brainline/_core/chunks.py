@@ -205,23 +205,16 @@ class TurnState:
         `message`) event is a chunk, and data that is not JSON raises StreamError `malformed`.
         """
         if name is None or name == "message":
-            try:
-                chunk = _loads(data)
-            except (ValueError, RecursionError):
-                chunk = _NOT_JSON
+            chunk = _parse(data)
             if chunk is _NOT_JSON:
                 if _keep_alive(data):
                     return []
-                # Raised outside the except block: a JSONDecodeError as cause or context would
-                # keep the whole data (`doc`), which may echo a key; the message carries the
-                # start of the data, scrubbed.
                 raise self.malformed(f"data is not JSON: {data[:200]}")
             return self.feed(chunk)
         if _keep_alive(data):
             return []
-        try:
-            parsed = json.loads(data)
-        except (ValueError, RecursionError):
+        parsed = _parse(data)
+        if parsed is _NOT_JSON:
             parsed = data
         if name == "error":
             error = parsed.get("error") if isinstance(parsed, dict) else None
@@ -238,11 +231,8 @@ class TurnState:
         """
         if not text.strip(_BLANK):
             raise self.malformed("empty response body")
-        try:
-            body = json.loads(text)
-        except (ValueError, RecursionError):
-            body = _NOT_JSON
-        if body is _NOT_JSON:  # raised outside the except block, as in feed_event
+        body = _parse(text)
+        if body is _NOT_JSON:
             raise self.malformed(f"data is not JSON: {text[:200]}")
         if not isinstance(body, dict) or ("choices" not in body and body.get("error") is None):
             raise self.malformed(f"not a chat completion: {text[:200]}")
@@ -407,6 +397,16 @@ def _loads(data: str) -> Any:
     except (StopIteration, ValueError, RecursionError):
         return json.loads(data)
     return value if end == len(data) else json.loads(data)
+
+
+def _parse(text: str) -> Any:
+    """_loads(text), or _NOT_JSON when the text is not JSON. Callers raise their errors outside
+    any except block: a JSONDecodeError as cause or context would keep the whole text (`doc`),
+    which may echo a key; their messages carry its start, scrubbed."""
+    try:
+        return _loads(text)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 def _keep_alive(data: str) -> bool:

@@ -47,7 +47,7 @@ PROVIDER_CLASSES = {
     "mistral": "MistralLLM",
 }
 
-# Added by the HTTP library, not by brainline: they differ between httpx and undici and are not
+# Added by the HTTP library, not by brainline: they differ between httpx and node:http and are not
 # part of the contract (docs/runtime.md lists the headers brainline sends).
 TRANSPORT_HEADERS = frozenset(
     {
@@ -57,14 +57,12 @@ TRANSPORT_HEADERS = frozenset(
         "content-length",
         "transfer-encoding",
         "accept-encoding",
-        "accept-language",
-        "sec-fetch-mode",
         "te",
         "expect",
     }
 )
 
-# What httpx and undici both send when the caller set no such header (warmup sets no Accept).
+# What httpx and node:http (brainline's transport) both send when the caller set none (warmup).
 LIBRARY_DEFAULT_HEADERS = frozenset({("accept", "*/*")})
 
 CALL_ARGUMENT_NAMES = ("call_id", "caller", "callee", "messages", "tools", "agent")

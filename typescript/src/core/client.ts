@@ -1,4 +1,3 @@
-import * as diagnostics from "node:diagnostics_channel";
 import {
   CONNECT_TIMEOUT_CAP,
   ERROR_BODY_MAX_BYTES,
@@ -18,6 +17,14 @@ import {
 } from "./events.js";
 import { type SessionContext, hashCaller, resolveSessionKey } from "./session.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
+import {
+  AbortedError,
+  type Body,
+  Call,
+  CorruptBodyError,
+  type Reply,
+  Target,
+} from "./transport.js";
 
 /** Per-call options of stream() and complete(). */
 export interface StreamOptions {
@@ -38,67 +45,24 @@ const RETRY_STATUSES = new Set([429, 502, 503, 504]);
 const RETRY_BACKOFF = 0.2;
 const DIALECT_STATUSES = new Set([400, 422]);
 const PROGRESS = new Set<string>(["text", "tool_call", "reasoning"]);
+/** The connect phase's cap, in ms: a shorter `timeout` ends it sooner. */
+const CONNECT_CAP_MS = CONNECT_TIMEOUT_CAP * 1000;
+const CORRUPT_BODY = "the compressed body does not decompress";
 
 type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
 
 /**
- * Whether a request is still connecting, which fetch does not say. undici (Node's fetch) publishes
- * the creation of each request synchronously inside the fetch() call, and the moment the request
- * goes out on a connected socket. `send` names its exchange while it calls fetch; the two
- * messages then mark that exchange connecting, then connected. On a platform whose fetch publishes
- * neither, `connecting` stays undefined and a timeout before the headers is a read timeout.
- */
-let fetching: Exchange | undefined;
-const exchangeOfRequest = new WeakMap<object, Exchange>();
-
-/** Channels subscribed with channel().subscribe(), kept alive here (Node before 18.7). */
-const keptChannels: diagnostics.Channel[] = [];
-
-function watchChannel(name: string, onRequest: (request: object) => void): void {
-  const listener = (message: unknown): void => {
-    const request = (message as { request?: unknown } | null)?.request;
-    if (typeof request === "object" && request !== null) onRequest(request);
-  };
-  if (typeof diagnostics.subscribe === "function") {
-    diagnostics.subscribe(name, listener);
-  } else {
-    const channel = diagnostics.channel(name);
-    channel.subscribe(listener);
-    keptChannels.push(channel);
-  }
-}
-
-watchChannel("undici:request:create", (request) => {
-  if (fetching === undefined) return;
-  exchangeOfRequest.set(request, fetching);
-  fetching.connecting = true;
-});
-watchChannel("undici:client:sendHeaders", (request) => {
-  const exchange = exchangeOfRequest.get(request);
-  if (exchange !== undefined) exchange.connecting = false;
-});
-
-/** fetch(), with the request it creates tied to `exchange` (see `fetching`). */
-function trackedFetch(exchange: Exchange, url: string, init: RequestInit): Promise<Response> {
-  fetching = exchange;
-  try {
-    return fetch(url, init);
-  } finally {
-    fetching = undefined;
-  }
-}
-
-/**
- * One turn's abort controller (a new one per attempt), linked to the caller's signal, and the one
- * timer that bounds each wait (for the headers, then for every read) to `timeout` and the turn to
- * its first-token, idle and total clocks. Node 18 has no AbortSignal.any.
+ * One turn: its current attempt's request (a new Call per attempt), the caller's signal that
+ * cancels it, and the one timer that bounds each wait (for the headers, then for every read) to
+ * `timeout` and the turn to its first-token, idle and total clocks.
  */
 class Exchange {
-  controller = new AbortController();
+  /** This attempt's request, once sent. */
+  call: Call | undefined = undefined;
+  /** This attempt was aborted (cancelled, timed out, or a clock ran out). */
+  aborted = false;
   cancelled = false;
   timedOut = false;
-  /** This attempt's request waits for its connection (undefined: the platform does not say). */
-  connecting: boolean | undefined = undefined;
   /** The turn clock that ran out, if one did. */
   clock: ClockCode | undefined = undefined;
   /** The body was read to its end: nothing to abort, the connection went back to the pool. */
@@ -111,6 +75,8 @@ class Exchange {
   private totalAt: number;
   private phaseAt: number;
   private phase: ClockCode = "first_token_timeout";
+  /** Ends a retry's wait early. */
+  private wake: (() => void) | undefined = undefined;
 
   constructor(
     private readonly signal: AbortSignal | undefined,
@@ -158,28 +124,34 @@ class Exchange {
     return makeError(code, { url, timeout });
   }
 
-  /** A fresh controller for the next attempt; the last one is aborted unless its body ended. */
+  /** Start the next attempt; the last one is aborted unless its body ended. */
   renew(): void {
-    if (!this.finished) this.controller.abort();
-    this.controller = new AbortController();
+    if (!this.finished) this.abort();
+    this.call = undefined;
+    this.aborted = false;
     this.finished = false;
-    this.connecting = undefined;
+  }
+
+  /** End this attempt: its request, or the wait before the next one. */
+  abort(): void {
+    this.aborted = true;
+    this.call?.abort();
+    this.wake?.();
   }
 
   /** Wait before a retry: `ms`, or less when the turn is cancelled or a clock runs out. */
   async sleep(ms: number): Promise<void> {
     this.startWait(false);
-    const signal = this.controller.signal;
     try {
       await new Promise<void>((resolve) => {
-        if (signal.aborted) return resolve();
+        if (this.aborted) return resolve();
         const done = (): void => {
           clearTimeout(timer);
-          signal.removeEventListener("abort", done);
+          this.wake = undefined;
           resolve();
         };
         const timer = setTimeout(done, Math.min(ms, MAX_TIMER_MS));
-        signal.addEventListener("abort", done);
+        this.wake = done;
       });
     } finally {
       this.endWait();
@@ -194,7 +166,7 @@ class Exchange {
 
   readonly cancel = (): void => {
     this.cancelled = true;
-    this.controller.abort();
+    this.abort();
   };
 
   /**
@@ -209,7 +181,7 @@ class Exchange {
     const clock = this.turnClock(now);
     if (clock !== undefined) {
       this.clock = clock;
-      this.controller.abort();
+      this.abort();
       return;
     }
     if (this.timer === undefined) {
@@ -232,7 +204,7 @@ class Exchange {
     const clock = this.turnClock(now);
     if (clock !== undefined) {
       this.clock = clock;
-      this.controller.abort();
+      this.abort();
       return;
     }
     const at = Math.min(this.deadline, this.totalAt, this.phaseAt);
@@ -244,15 +216,14 @@ class Exchange {
       return;
     }
     this.timedOut = true;
-    this.controller.abort();
+    this.abort();
   };
 
-  async read(
-    reader: ReadableStreamDefaultReader<Uint8Array>,
-  ): Promise<ReadableStreamReadResult<Uint8Array>> {
+  /** The next read of the body (undefined at its end), bounded by `timeout` and the clocks. */
+  async read(body: Body): Promise<Uint8Array | undefined> {
     this.startWait();
     try {
-      return await reader.read();
+      return await body.read();
     } finally {
       this.waiting = false;
     }
@@ -263,13 +234,13 @@ class Exchange {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.signal?.removeEventListener("abort", this.cancel);
-    if (!this.finished) this.controller.abort();
+    if (!this.finished) this.abort();
   }
 }
 
 /**
  * The OpenAI-compatible streaming client every generated provider extends. Constructed with one
- * resolved LLMConfig; the platform fetch keeps connections alive between turns.
+ * resolved LLMConfig; the transport's keep-alive agents keep connections open between turns.
  */
 export class BaseLLM {
   /** The provider's key in the catalog; each generated class sets its own. */
@@ -281,6 +252,8 @@ export class BaseLLM {
   private readonly url: string;
   private readonly requestUrl: string;
   private readonly modelsUrl: string;
+  /** requestUrl taken apart, on the first turn (a URL node cannot parse fails that turn). */
+  private target: Target | undefined = undefined;
   // The dialect this endpoint speaks; in "auto" mode a 400/422 naming a field changes it.
   private sendStreamOptions: boolean;
   private maxTokensKey: string;
@@ -328,17 +301,17 @@ export class BaseLLM {
     this.active.add(exchange);
     const state = new TurnState(config.reasoning);
     try {
-      const response = await this.send(exchange, headers, body, messages, tools, callId);
-      if (response === undefined) return;
+      const reply = await this.send(exchange, headers, body, messages, tools, callId);
+      if (reply === undefined) return;
 
-      const [reader, isJson] = openBody(response);
+      const reader = reply.body;
       if (reader === undefined) {
         exchange.finished = true;
         yield* state.finish(false);
         return;
       }
 
-      if (isJson) {
+      if (isJsonContentType(reply.header("content-type"))) {
         const text = await this.readWhole(reader, exchange, url, state);
         if (text === undefined) return;
         for (const event of state.feedBody(text)) {
@@ -352,21 +325,21 @@ export class BaseLLM {
       let done = false;
       let end = false;
       stream: while (!end) {
-        let result: ReadableStreamReadResult<Uint8Array>;
+        let chunk: Uint8Array | undefined;
         try {
-          result = await exchange.read(reader);
+          chunk = await exchange.read(reader);
         } catch (err) {
           if (exchange.cancelled) return;
           throw this.bodyError(err, exchange, url, state);
         }
         if (exchange.cancelled) return;
         let batch: ServerSentEvent[];
-        if (result.done) {
+        if (chunk === undefined) {
           exchange.finished = true;
           end = true;
           batch = decoder.flush();
         } else {
-          batch = decoder.decode(result.value);
+          batch = decoder.decode(chunk);
         }
         // Index loops, not for...of: an array iterator held across a yield cannot be optimised
         // away and would be one more allocation per event.
@@ -393,7 +366,7 @@ export class BaseLLM {
       if (done && !exchange.finished) {
         // Read the rest so the connection goes back to the pool; the turn is complete already.
         try {
-          while (!(await exchange.read(reader)).done) {}
+          while ((await exchange.read(reader)) !== undefined) {}
           exchange.finished = true;
         } catch {
           // The request is aborted in dispose(); a failure after [DONE] does not fail the turn.
@@ -412,7 +385,6 @@ export class BaseLLM {
     } finally {
       exchange.dispose();
       this.active.delete(exchange);
-      if (exchange.finished) await poolRelease();
     }
   }
 
@@ -456,23 +428,24 @@ export class BaseLLM {
   /** Open a connection ahead of the first turn: GET {baseUrl}/models. Never throws. */
   async warmup(): Promise<void> {
     const config = this.llmConfig;
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), WARMUP_TIMEOUT * 1000);
+    let call: Call | undefined;
+    let expired = false;
+    const timer = setTimeout(() => {
+      expired = true;
+      call?.abort();
+    }, WARMUP_TIMEOUT * 1000);
     try {
       const headers: [string, string][] = [["User-Agent", utf8ByteString(config.userAgent)]];
       if (config.apiKey) headers.push(["Authorization", utf8ByteString(`Bearer ${config.apiKey}`)]);
-      const response = await fetch(this.modelsUrl, {
-        method: "GET",
-        headers,
-        signal: controller.signal,
-      });
+      const target = await Target.of(this.modelsUrl);
+      if (expired) return;
+      call = new Call(target, "GET", headers, undefined, WARMUP_TIMEOUT * 1000);
       // Read the answer to its end so the connection stays in the pool.
-      const reader = response.body?.getReader();
-      if (reader !== undefined) while (!(await reader.read()).done) {}
-      await poolRelease();
+      const reader = (await call.reply).body;
+      if (reader !== undefined) while ((await reader.read()) !== undefined) {}
     } catch {
       // Best effort: a failed warmup only means the first turn opens its own connection.
-      controller.abort();
+      call?.abort();
     } finally {
       clearTimeout(timer);
     }
@@ -485,7 +458,7 @@ export class BaseLLM {
   }
 
   /**
-   * POST the turn and return the 2xx response (its body not read yet); undefined when cancelled.
+   * POST the turn and return the 2xx reply (its body not read yet); undefined when cancelled.
    *
    * Retries happen only here, so only before any byte of a body reached the caller: a connection
    * error or HTTP 429/502/503/504, at most maxRetries times, waiting Retry-After or a backoff within
@@ -499,21 +472,21 @@ export class BaseLLM {
     messages: readonly object[],
     tools: readonly object[] | null | undefined,
     callId: string | undefined,
-  ): Promise<Response | undefined> {
+  ): Promise<Reply | undefined> {
     const config = this.llmConfig;
     let retries = 0;
     let budget = config.retryBudget;
+    let payload = Buffer.from(body);
     for (;;) {
-      let response: Response | undefined;
+      let response: Reply | undefined;
       let error: BrainlineError | undefined;
       exchange.startWait();
       try {
-        response = await trackedFetch(exchange, this.requestUrl, {
-          method: "POST",
-          headers,
-          body,
-          signal: exchange.controller.signal,
-        });
+        if (this.target === undefined) this.target = await Target.of(this.requestUrl);
+        // Cancelled, or a clock ran out, before the request.
+        if (exchange.aborted) throw new AbortedError();
+        exchange.call = new Call(this.target, "POST", headers, payload, CONNECT_CAP_MS);
+        response = await exchange.call.reply;
       } catch (err) {
         if (exchange.cancelled) return undefined;
         error = this.transportError(err, exchange, this.url);
@@ -528,16 +501,11 @@ export class BaseLLM {
         wait = Math.min(RETRY_BACKOFF * 2 ** retries, budget);
       } else {
         if (response.status >= 200 && response.status <= 299) return response;
-        const failure = (await this.statusError(
-          response,
-          response.body?.getReader(),
-          exchange,
-          this.url,
-        )) as APIStatusError;
+        const failure = (await this.statusError(response, exchange, this.url)) as APIStatusError;
         if (exchange.cancelled) return undefined;
         if (exchange.clock !== undefined) throw exchange.clockError(this.url);
         if (this.adaptDialect(failure)) {
-          body = this.requestBody(messages, tools, callId);
+          payload = Buffer.from(this.requestBody(messages, tools, callId));
           exchange.renew();
           continue;
         }
@@ -624,7 +592,7 @@ export class BaseLLM {
         sessionKey = key;
       }
     }
-    // As UTF-8 bytes, as Python sends them: fetch takes header values as Latin-1 byte strings.
+    // As UTF-8 bytes, as Python sends them: node:http writes header values as Latin-1 byte strings.
     for (const header of headers) header[1] = utf8ByteString(header[1]);
     return [headers, sessionKey];
   }
@@ -665,25 +633,26 @@ export class BaseLLM {
     return JSON.stringify(body);
   }
 
-  /** A fetch that failed before any response: a timeout, or a connection error. */
+  /** A request that failed before any response: a timeout, or a connection error. */
   private transportError(err: unknown, exchange: Exchange, url: string): BrainlineError {
     const timeout = this.llmConfig.timeout;
-    const code = causeCode(err);
+    const call = exchange.call;
     if (exchange.clock !== undefined) return exchange.clockError(url);
-    if (code === "UND_ERR_CONNECT_TIMEOUT" || (exchange.timedOut && exchange.connecting)) {
+    if (call !== undefined && (call.connectTimedOut || (exchange.timedOut && call.connecting))) {
       return makeError("connect_timeout", {
         url,
         timeout: Math.min(timeout, CONNECT_TIMEOUT_CAP),
         cause: err,
       });
     }
-    if (exchange.timedOut || code === "UND_ERR_HEADERS_TIMEOUT") {
-      return makeError("read_timeout", { url, timeout, cause: err });
-    }
+    if (exchange.timedOut) return makeError("read_timeout", { url, timeout, cause: err });
     return makeError("connection_error", { url, cause: err });
   }
 
-  /** A body read that failed after the headers: a timeout, or the connection lost. */
+  /**
+   * A body read that failed after the headers: a timeout, the connection lost, or a compressed
+   * body that does not decompress.
+   */
   private bodyError(
     err: unknown,
     exchange: Exchange,
@@ -691,7 +660,10 @@ export class BaseLLM {
     state: TurnState,
   ): BrainlineError {
     if (exchange.clock !== undefined) return exchange.clockError(url);
-    if (exchange.timedOut || causeCode(err) === "UND_ERR_BODY_TIMEOUT") {
+    if (err instanceof CorruptBodyError) {
+      return makeError("malformed", { detail: CORRUPT_BODY, partialText: state.text, cause: err });
+    }
+    if (exchange.timedOut) {
       return makeError("read_timeout", { url, timeout: this.llmConfig.timeout, cause: err });
     }
     return makeError("interrupted", { partialText: state.text, cause: err });
@@ -699,25 +671,25 @@ export class BaseLLM {
 
   /** The error of a non-2xx answer, with at most ERROR_BODY_MAX_BYTES of its body. */
   private async statusError(
-    response: Response,
-    reader: ReadableStreamDefaultReader<Uint8Array> | undefined,
+    response: Reply,
     exchange: Exchange,
     url: string,
   ): Promise<BrainlineError> {
     const parts: Uint8Array[] = [];
     let size = 0;
+    const reader = response.body;
     if (reader === undefined) {
       exchange.finished = true;
     } else {
       try {
         while (size < ERROR_BODY_MAX_BYTES) {
-          const result = await exchange.read(reader);
-          if (result.done) {
+          const chunk = await exchange.read(reader);
+          if (chunk === undefined) {
             exchange.finished = true;
             break;
           }
-          parts.push(result.value);
-          size += result.value.byteLength;
+          parts.push(chunk);
+          size += chunk.byteLength;
         }
       } catch {
         // Keep what arrived: the status is what matters.
@@ -739,15 +711,15 @@ export class BaseLLM {
       detail: cut(detail, 200),
       body,
       retryAfter: parseRetryAfter(
-        response.headers.get("retry-after"),
-        response.headers.get("retry-after-ms"),
+        response.header("retry-after"),
+        response.header("retry-after-ms"),
       ),
     });
   }
 
   /** A whole 2xx JSON answer as text; undefined when cancelled meanwhile. */
   private async readWhole(
-    reader: ReadableStreamDefaultReader<Uint8Array>,
+    reader: Body,
     exchange: Exchange,
     url: string,
     state: TurnState,
@@ -755,17 +727,17 @@ export class BaseLLM {
     const parts: Uint8Array[] = [];
     let size = 0;
     for (;;) {
-      let result: ReadableStreamReadResult<Uint8Array>;
+      let chunk: Uint8Array | undefined;
       try {
-        result = await exchange.read(reader);
+        chunk = await exchange.read(reader);
       } catch (err) {
         if (exchange.cancelled) return undefined;
         throw this.bodyError(err, exchange, url, state);
       }
       if (exchange.cancelled) return undefined;
-      if (result.done) break;
-      parts.push(result.value);
-      size += result.value.byteLength;
+      if (chunk === undefined) break;
+      parts.push(chunk);
+      size += chunk.byteLength;
       if (size > SSE_MAX_EVENT_BYTES) {
         throw makeError("too_large", { what: "event", limit: SSE_MAX_EVENT_BYTES });
       }
@@ -773,17 +745,6 @@ export class BaseLLM {
     exchange.finished = true;
     return new TextDecoder().decode(concat(parts, size));
   }
-}
-
-/**
- * undici puts a socket back in its pool one event-loop turn after the body ended: waiting for it
- * lets a request sent right after this one reuse the connection instead of opening another.
- */
-function poolRelease(): Promise<void> {
-  return new Promise((resolve) => {
-    if (typeof setImmediate === "function") setImmediate(resolve);
-    else setTimeout(resolve, 0);
-  });
 }
 
 /** The checks stream() runs on its arguments before anything is sent. */
@@ -838,18 +799,6 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/**
- * The body's reader (undefined without a body) and whether the answer is JSON. A function of its
- * own, not inline in stream(): the Response's shape differs from turn to turn, and a shape stream()
- * has not seen throws its optimised code away (V8 "wrong map"), which costs a long generator a
- * recompilation every turn.
- */
-function openBody(
-  response: Response,
-): [ReadableStreamDefaultReader<Uint8Array> | undefined, boolean] {
-  return [response.body?.getReader(), isJsonContentType(response.headers.get("content-type"))];
-}
-
 function isJsonContentType(contentType: string | null): boolean {
   const type = (contentType ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
   return type === "application/json" || type.endsWith("+json");
@@ -877,17 +826,6 @@ function concat(parts: readonly Uint8Array[], size: number): Uint8Array {
     at += piece.byteLength;
   }
   return out;
-}
-
-/** The `code` of an error or of one of its causes (undici puts its codes on the cause). */
-function causeCode(err: unknown): string | undefined {
-  let current: unknown = err;
-  for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {
-    const code = (current as { code?: unknown }).code;
-    if (typeof code === "string") return code;
-    current = (current as { cause?: unknown }).cause;
-  }
-  return undefined;
 }
 
 function hasProgress(events: readonly Event[]): boolean {

@@ -2,6 +2,7 @@ import { spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
 import http from "node:http";
 import type { Socket } from "node:net";
+import * as zlib from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { BaseLLM } from "../../src/core/client.js";
 import {
@@ -53,15 +54,8 @@ interface Seen {
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse, seen: Seen) => void;
 
-/** Headers undici adds on its own; the rest is what brainline sent, in order. */
-const TRANSPORT_HEADERS = new Set([
-  "host",
-  "connection",
-  "content-length",
-  "accept-language",
-  "sec-fetch-mode",
-  "accept-encoding",
-]);
+/** Headers the HTTP layer adds on its own; the rest is what brainline sent, in order. */
+const TRANSPORT_HEADERS = new Set(["host", "connection", "content-length", "accept-encoding"]);
 
 class TestServer {
   connections = 0;
@@ -79,6 +73,11 @@ class TestServer {
 
   async start(): Promise<void> {
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+  }
+
+  /** Close the connections that wait for a request (as a server's keep-alive timeout does). */
+  closeIdle(): void {
+    this.server.closeIdleConnections();
   }
 
   async stop(): Promise<void> {
@@ -733,20 +732,31 @@ describe("transport failures", () => {
     expect((error as APIConnectionError).cause).toBeDefined();
   });
 
-  it("maps undici's connect timeout to connect_timeout, capped at 10 s", async () => {
-    const cause = Object.assign(new Error("Connect Timeout Error"), {
-      code: "UND_ERR_CONNECT_TIMEOUT",
-    });
-    vi.stubGlobal("fetch", async () => {
-      throw new TypeError("fetch failed", { cause });
-    });
-    const { error } = await collect(llm({ timeout: 30 }).stream(MESSAGES));
-    expect(error).toBeInstanceOf(APITimeoutError);
-    expect((error as APITimeoutError).code).toBe("connect_timeout");
-    expect((error as APITimeoutError).message).toBe(
-      `no connection to ${server.baseUrl}/chat/completions within 10 s`,
-    );
-    expect(((error as APITimeoutError).cause as Error).cause).toBe(cause);
+  it("caps the connect phase at 10 s, whatever the timeout", async () => {
+    const stalled = await stalledListener();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      let settled = false;
+      const turn = collect(
+        llm({ timeout: 30, baseUrl: `http://127.0.0.1:${stalled.port}/v1` }).stream(MESSAGES),
+      ).finally(() => {
+        settled = true;
+      });
+      // Until the request has its (connecting) socket: real I/O, so real event-loop turns.
+      for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
+      await vi.advanceTimersByTimeAsync(9_990);
+      expect(settled).toBe(false);
+      await vi.advanceTimersByTimeAsync(20);
+      const { error } = await turn;
+      expect(error).toBeInstanceOf(APITimeoutError);
+      expect((error as APITimeoutError).code).toBe("connect_timeout");
+      expect((error as APITimeoutError).message).toBe(
+        `no connection to http://127.0.0.1:${stalled.port}/v1/chat/completions within 10 s`,
+      );
+    } finally {
+      vi.useRealTimers();
+      stalled.close();
+    }
   });
 
   it("raises read_timeout when the headers do not come in time", async () => {
@@ -960,6 +970,52 @@ describe("cancellation", () => {
   });
 });
 
+describe("connection pool", () => {
+  it("opens a new connection when the server closed the idle one", async () => {
+    server.handler = serve([textChunk("a"), DONE]);
+    const client = llm({ maxRetries: 0 });
+    expect((await collect(client.stream(MESSAGES))).error).toBeUndefined();
+    // The server closes its side of the idle connection; the next turn must not fail on it.
+    await waitFor(() => server.requests[0] !== undefined);
+    server.closeIdle();
+    await sleep(50);
+    const { events, error } = await collect(client.stream(MESSAGES));
+    expect(error).toBeUndefined();
+    expect(events[0]).toEqual({ type: "text", content: "a" });
+    expect(server.connections).toBe(2);
+  });
+
+  it("keeps a turn's connection while it waits longer than the pool's idle expiry", async () => {
+    server.handler = (_req, res) => {
+      sseHead(res);
+      res.write(textChunk("a"));
+      setTimeout(() => res.end(textChunk("b") + DONE), 5_500);
+    };
+    const { events, error } = await collect(llm({ timeout: 30 }).stream(MESSAGES));
+    expect(error).toBeUndefined();
+    expect(events.map((event) => event.type)).toEqual(["text", "text", "finish"]);
+  }, 15_000);
+
+  it("decodes a gzip stream as it arrives", async () => {
+    const gzip = zlib.createGzip();
+    server.handler = (_req, res) => {
+      res.writeHead(200, { "Content-Type": "text/event-stream", "Content-Encoding": "gzip" });
+      gzip.pipe(res);
+      gzip.write(textChunk("first"));
+      gzip.flush();
+    };
+    const client = llm();
+    const turn = client.stream(MESSAGES)[Symbol.asyncIterator]();
+    // The first event arrives while the compressed stream is still open.
+    expect((await turn.next()).value).toEqual({ type: "text", content: "first" });
+    gzip.end(textChunk("second") + DONE);
+    expect((await turn.next()).value).toEqual({ type: "text", content: "second" });
+    expect((await turn.next()).value).toEqual({ type: "finish", reason: "stop" });
+    expect((await turn.next()).done).toBe(true);
+    expect(server.requests[0]?.rawHeaders).toContain("gzip, deflate");
+  });
+});
+
 // -- the other calls --------------------------------------------------------------------------------
 
 describe("complete, warmup, config", () => {
@@ -1020,9 +1076,11 @@ describe("complete, warmup, config", () => {
     ).resolves.toBeUndefined();
     await llm().warmup();
     const [withKey, keyless] = server.requests;
-    // undici adds "accept: */*" on its own, as httpx adds "Accept: */*".
+    // The transport adds "Accept: */*" when none is given, as httpx does.
     for (const seen of server.requests) {
-      seen.rawHeaders = seen.rawHeaders.filter((_, i, all) => all[i - (i % 2)] !== "accept");
+      const at = seen.rawHeaders.indexOf("Accept");
+      expect(at % 2 === 0 && seen.rawHeaders[at + 1]).toBe("*/*");
+      seen.rawHeaders = seen.rawHeaders.filter((_, i, all) => all[i - (i % 2)] !== "Accept");
     }
     expect(withKey?.method).toBe("GET");
     expect(withKey?.url).toBe("/v1/models");

@@ -69,6 +69,9 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _RETRY_BACKOFF = 0.2  # seconds before the first retry without Retry-After; doubled each time
 _DIALECT_STATUSES = frozenset({400, 422})
 _PROGRESS = frozenset({"text", "tool_call", "reasoning"})
+# What a body read raises: the connection lost or timed out, or a compressed body that is corrupt.
+_BODY_ERRORS = (httpx.TransportError, httpx.DecodingError)
+_CORRUPT_BODY = "the compressed body does not decompress"
 
 
 def _mapping_as_dict(value: object) -> object:
@@ -373,7 +376,7 @@ class BaseLLM:
                         return
                 return
 
-            raw = response.aiter_raw()
+            raw = _body_chunks(response)
             decoder = SSEDecoder()
             done = end = False
             while not end:
@@ -383,7 +386,7 @@ class BaseLLM:
                     chunk: bytes | None = await anext(raw)
                 except StopAsyncIteration:
                     chunk = None
-                except httpx.TransportError as exc:
+                except _BODY_ERRORS as exc:
                     raise self._body_error(exc, state) from exc
                 end = chunk is None
                 for sse in decoder.flush() if chunk is None else decoder.decode(chunk):
@@ -417,7 +420,7 @@ class BaseLLM:
                 try:
                     async for _ in raw:
                         pass
-                except httpx.TransportError as exc:
+                except _BODY_ERRORS as exc:
                     logger.debug("reading past [DONE] failed: %s", type(exc).__name__)
             for event in state.finish(done):
                 if barge is not None:
@@ -723,8 +726,11 @@ class BaseLLM:
             return make_error("read_timeout", url=self._url, timeout=timeout)
         return make_error("connection_error", url=self._url)
 
-    def _body_error(self, exc: httpx.TransportError, state: TurnState) -> BrainlineError:
-        """A body read that failed after the headers: a timeout, or the connection lost."""
+    def _body_error(self, exc: httpx.RequestError, state: TurnState) -> BrainlineError:
+        """A body read that failed after the headers: a timeout, the connection lost, or a
+        compressed body that does not decompress."""
+        if isinstance(exc, httpx.DecodingError):
+            return make_error("malformed", detail=_CORRUPT_BODY, partial_text=state.text)
         if isinstance(exc, httpx.TimeoutException):
             return make_error("read_timeout", url=self._url, timeout=self._config.timeout)
         return make_error("interrupted", partial_text=state.text)
@@ -734,12 +740,12 @@ class BaseLLM:
         parts: list[bytes] = []
         size = 0
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in _body_chunks(response):
                 parts.append(chunk)
                 size += len(chunk)
                 if size >= ERROR_BODY_MAX_BYTES:
                     break
-        except httpx.TransportError:
+        except _BODY_ERRORS:
             pass  # keep what arrived: the status is what matters
         body = b"".join(parts)[:ERROR_BODY_MAX_BYTES].decode("utf-8", "replace")
         detail = body
@@ -766,12 +772,12 @@ class BaseLLM:
         parts: list[bytes] = []
         size = 0
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in _body_chunks(response):
                 parts.append(chunk)
                 size += len(chunk)
                 if size > SSE_MAX_EVENT_BYTES:
                     raise make_error("too_large", what="event", limit=SSE_MAX_EVENT_BYTES)
-        except httpx.TransportError as exc:
+        except _BODY_ERRORS as exc:
             raise self._body_error(exc, state) from exc
         return state.feed_body(b"".join(parts).decode("utf-8-sig", "replace"))
 
@@ -804,7 +810,7 @@ class BaseLLM:
             self._sweep(client)
             raise
         try:
-            async for _ in response.aiter_raw():  # to the end, so the connection stays pooled
+            async for _ in _body_chunks(response):  # to the end, so the connection stays pooled
                 pass
         finally:
             await response.aclose()
@@ -845,6 +851,12 @@ def _set_header(headers: _HeaderList, name: str, value: str) -> None:
             headers[at] = (name, value)
             return
     headers.append((name, value))
+
+
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives: the raw bytes, decoded only when the server compressed them."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    return response.aiter_raw() if encoding in ("", "identity") else response.aiter_bytes()
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -291,7 +291,9 @@ async function sequential(port, rounds, quick) {
   const results = {};
   for (const [figure, scenario, measure, size, tools] of figures) {
     const samples = Object.fromEntries(candidates.map((c) => [c.name, []]));
-    for (const c of candidates) await drain(c.turn(scenario), tools);
+    // One unmeasured sample each first: back-to-back turns may settle on a second pooled
+    // connection (undici hands a socket back to its pool one event-loop turn after the body ends).
+    for (const c of candidates) await measure(c.turn(scenario));
     // Every figure takes 3 x rounds: one busy moment on the shared machine moves a median of five
     // (the raw baseline's own 20k-chunk turn ranged 31-66 ms within one run of five rounds).
     for (let r = 0; r < 3 * rounds; r++) {

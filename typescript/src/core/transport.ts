@@ -51,6 +51,9 @@ function protocol(isSecure: boolean): Promise<Protocol> {
 /** Marks a decoder's error that came from the response: the connection, not the data. */
 const LOST = Symbol("lost");
 
+/** How much of a body may wait for the consumer before the socket is paused. */
+const QUEUE_MAX_BYTES = 256 * 1024;
+
 /** Statuses whose response has no body (as fetch's null-body statuses). */
 const NO_BODY_STATUSES = new Set([101, 204, 205, 304]);
 
@@ -125,6 +128,9 @@ export class CorruptBodyError extends Error {
 export class Body {
   private ended = false;
   private failure: Error | undefined = undefined;
+  /** What arrived while no read waited: handed over whole by the next read. */
+  private queue: Buffer[] = [];
+  private queued = 0;
   private resolveRead: ((chunk: Uint8Array | undefined) => void) | undefined = undefined;
   private rejectRead: ((err: Error) => void) | undefined = undefined;
 
@@ -133,7 +139,10 @@ export class Body {
     private readonly stream: Readable,
     private readonly decoding: boolean,
   ) {
-    stream.on("readable", this.onReadable);
+    // Flowing, into a queue of our own that the next read takes whole (a paused stream would
+    // stop the socket at every 16 KiB). The queue pauses the stream at QUEUE_MAX_BYTES while the
+    // consumer is slower than the server.
+    stream.on("data", this.onData);
     stream.on("end", this.onEnd);
     stream.on("error", this.onError);
     stream.on("close", this.onClose);
@@ -141,8 +150,7 @@ export class Body {
 
   read(): Promise<Uint8Array | undefined> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    const chunk = this.stream.read() as Uint8Array | null;
-    if (chunk !== null) return Promise.resolve(chunk);
+    if (this.queued > 0) return Promise.resolve(this.take());
     if (this.ended) return Promise.resolve(undefined);
     return new Promise((resolve, reject) => {
       this.resolveRead = resolve;
@@ -153,24 +161,39 @@ export class Body {
   readonly fail = (err: Error): void => {
     if (this.ended || this.failure !== undefined) return;
     this.failure = err;
+    this.queue = [];
+    this.queued = 0;
     const reject = this.rejectRead;
     this.resolveRead = undefined;
     this.rejectRead = undefined;
     reject?.(err);
   };
 
-  private readonly onError = (err: Error): void => {
-    this.fail(this.decoding && !(LOST in err) ? new CorruptBodyError(err) : err);
+  /** Everything queued, as one piece. */
+  private take(): Uint8Array {
+    const queue = this.queue;
+    const chunk = queue.length === 1 ? (queue[0] as Buffer) : Buffer.concat(queue, this.queued);
+    this.queue = [];
+    this.queued = 0;
+    if (!this.ended && this.stream.isPaused()) this.stream.resume();
+    return asUint8Array(chunk);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    const resolve = this.resolveRead;
+    if (resolve !== undefined) {
+      this.resolveRead = undefined;
+      this.rejectRead = undefined;
+      resolve(asUint8Array(chunk));
+      return;
+    }
+    this.queue.push(chunk);
+    this.queued += chunk.length;
+    if (this.queued >= QUEUE_MAX_BYTES) this.stream.pause();
   };
 
-  private readonly onReadable = (): void => {
-    const resolve = this.resolveRead;
-    if (resolve === undefined) return;
-    const chunk = this.stream.read() as Uint8Array | null;
-    if (chunk === null) return;
-    this.resolveRead = undefined;
-    this.rejectRead = undefined;
-    resolve(chunk);
+  private readonly onError = (err: Error): void => {
+    this.fail(this.decoding && !(LOST in err) ? new CorruptBodyError(err) : err);
   };
 
   private readonly onEnd = (): void => {
@@ -178,13 +201,18 @@ export class Body {
     const resolve = this.resolveRead;
     this.resolveRead = undefined;
     this.rejectRead = undefined;
-    resolve?.(undefined);
+    resolve?.(this.queued > 0 ? this.take() : undefined);
   };
 
   /** Closed without an end: the connection was lost (or destroyed by abort()). */
   private readonly onClose = (): void => {
     if (!this.ended) this.fail(connectionLost());
   };
+}
+
+/** A Buffer as a plain Uint8Array over the same bytes. */
+function asUint8Array(chunk: Buffer): Uint8Array {
+  return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 }
 
 function connectionLost(): Error {

@@ -996,6 +996,20 @@ describe("connection pool", () => {
     expect(events.map((event) => event.type)).toEqual(["text", "text", "finish"]);
   }, 15_000);
 
+  it("pauses a server faster than its consumer, and loses nothing", async () => {
+    const texts = Array.from({ length: 20_000 }, (_, i) => `w${i} `);
+    server.handler = serve([texts.map((text) => textChunk(text)).join("") + DONE]);
+    let seen = "";
+    const turn = llm().stream(MESSAGES);
+    for await (const event of turn) {
+      if (event.type !== "text") continue;
+      // Holding the first event lets more than the queue's 256 KiB arrive meanwhile.
+      if (seen === "") await sleep(100);
+      seen += event.content;
+    }
+    expect(seen).toBe(texts.join(""));
+  });
+
   it("decodes a gzip stream as it arrives", async () => {
     const gzip = zlib.createGzip();
     server.handler = (_req, res) => {

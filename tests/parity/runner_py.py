@@ -47,7 +47,7 @@ PROVIDER_CLASSES = {
     "mistral": "MistralLLM",
 }
 
-# Added by the HTTP library, not by brainline: they differ between httpx and node:http and are not
+# Added by the HTTP layer, not by brainline: they differ between httpx and transport.ts and are not
 # part of the contract (docs/runtime.md lists the headers brainline sends).
 TRANSPORT_HEADERS = frozenset(
     {
@@ -62,7 +62,7 @@ TRANSPORT_HEADERS = frozenset(
     }
 )
 
-# What httpx and node:http (brainline's transport) both send when the caller set none (warmup).
+# What httpx and transport.ts both send when the caller set none (warmup).
 LIBRARY_DEFAULT_HEADERS = frozenset({("accept", "*/*")})
 
 CALL_ARGUMENT_NAMES = ("call_id", "caller", "callee", "messages", "tools", "agent")

@@ -592,7 +592,7 @@ export class BaseLLM {
         sessionKey = key;
       }
     }
-    // As UTF-8 bytes, as Python sends them: node:http writes header values as Latin-1 byte strings.
+    // As UTF-8 bytes, as Python sends them: the transport writes header values as Latin-1 byte strings.
     for (const header of headers) header[1] = utf8ByteString(header[1]);
     return [headers, sessionKey];
   }

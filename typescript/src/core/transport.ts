@@ -1,15 +1,19 @@
 /**
- * HTTP/1.1 under the client: node:http and node:https with one keep-alive agent per protocol,
- * shared by every BaseLLM in the process (as fetch shares undici's global dispatcher).
+ * HTTP/1.1 under the client, on node:net and node:tls sockets: requests written as bytes,
+ * responses parsed here (RFC 9112), keep-alive connections pooled per origin and shared by every
+ * BaseLLM in the process (as fetch shares undici's global dispatcher). Python's counterpart is
+ * httpx.
  *
- * Not fetch: undici's fetch costs a one-chunk turn about twice what node:http does on loopback
+ * Not fetch: undici's fetch costs a one-chunk turn about twice what a socket does on loopback
  * (its WHATWG Request, Response, Headers and stream objects, and the listener and finalization
  * registry it sets up for every request's AbortSignal), and it hides the connect phase, which the
- * connect timeout needs (docs/BENCHMARKS.md). Python's counterpart is httpx.
+ * connect timeout needs. Not node:http: its parser calls into JavaScript once per HTTP chunk, and
+ * servers send one chunk per event, which cost a 20,000-event answer about a quarter more time
+ * than fetch. Here each socket read becomes one body piece, however many chunks it holds.
+ * (docs/BENCHMARKS.md has the figures.)
  */
-import type * as http from "node:http";
-import type { Socket } from "node:net";
-import type { Readable } from "node:stream";
+import type * as net from "node:net";
+import type * as tls from "node:tls";
 import type * as zlib from "node:zlib";
 
 /**
@@ -18,49 +22,33 @@ import type * as zlib from "node:zlib";
  * connection under the next turn.
  */
 const KEEP_ALIVE_MS = 5000;
-
-const AGENT_OPTIONS = { keepAlive: true, timeout: KEEP_ALIVE_MS, scheduling: "lifo" } as const;
-
-/** The request function and keep-alive agent of one protocol. */
-interface Protocol {
-  readonly request: typeof http.request;
-  readonly agent: http.Agent;
-}
-
-// Loaded on first use, not at import: node:https (with tls and crypto) and node:zlib add several
-// milliseconds to the start of a process that may never need them.
-let plain: Promise<Protocol> | undefined;
-let secure: Promise<Protocol> | undefined;
-let zlibModule: Promise<typeof zlib> | undefined;
-
-function protocol(isSecure: boolean): Promise<Protocol> {
-  if (isSecure) {
-    secure ??= import("node:https").then((m) => ({
-      request: m.request,
-      agent: new m.Agent(AGENT_OPTIONS),
-    }));
-    return secure;
-  }
-  plain ??= import("node:http").then((m) => ({
-    request: m.request,
-    agent: new m.Agent(AGENT_OPTIONS),
-  }));
-  return plain;
-}
-
-/** Marks a decoder's error that came from the response: the connection, not the data. */
-const LOST = Symbol("lost");
-
+/** A server's Keep-Alive timeout is trusted less this much, so the server never closes first. */
+const KEEP_ALIVE_MARGIN_MS = 1000;
+/** The longest response head (status line and headers), and trailer section, taken. */
+const MAX_HEAD_BYTES = 16 * 1024;
 /** How much of a body may wait for the consumer before the socket is paused. */
 const QUEUE_MAX_BYTES = 256 * 1024;
-
-/** Statuses whose response has no body (as fetch's null-body statuses). */
-const NO_BODY_STATUSES = new Set([101, 204, 205, 304]);
-
 /** What fetch and httpx ask for; an answer in one of these is decoded on the fly. */
 const ACCEPT_ENCODING = "gzip, deflate";
+const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?$/;
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const CHUNK_SIZE = /^([0-9A-Fa-f]{1,12})[ \t]*(?:;[^\r\n]*)?$/;
+const UNSAFE_HEADER_TEXT = /[\r\n\0]/;
 
-/** Where requests go: an http(s) URL taken apart once per client, and its protocol. */
+type Net = typeof net;
+type Tls = typeof tls;
+
+// Loaded on first use, not at import: node:tls (with crypto) and node:zlib add several
+// milliseconds to the start of a process that may never need them.
+let netModule: Promise<Net> | undefined;
+let tlsModule: Promise<Tls> | undefined;
+let zlibModule: Promise<typeof zlib> | undefined;
+let zlibLoaded: typeof zlib | undefined;
+
+/** Idle keep-alive connections by origin, the most recently used last. */
+const idle = new Map<string, Connection[]>();
+
+/** Where requests go: an http(s) URL taken apart once per client, and its socket module. */
 export class Target {
   readonly hostname: string;
   readonly port: number;
@@ -68,22 +56,32 @@ export class Target {
   readonly path: string;
   /** The Host header: the host, and the port unless it is the scheme's default. */
   readonly host: string;
+  /** The pool's key. */
+  readonly origin: string;
+  /** TLS server name (SNI): the host name, none for an IP address. */
+  readonly servername: string | undefined;
 
   private constructor(
     parsed: URL,
-    readonly protocol: Protocol,
+    readonly net: Net,
+    readonly tls: Tls | undefined,
   ) {
     // An IPv6 literal comes bracketed ("[::1]"); the socket wants it bare.
     this.hostname = parsed.hostname.replace(/^\[(.*)\]$/, "$1");
-    this.port = parsed.port ? Number(parsed.port) : parsed.protocol === "https:" ? 443 : 80;
+    this.port = parsed.port ? Number(parsed.port) : tls ? 443 : 80;
     this.path = `${parsed.pathname}${parsed.search}`;
     this.host = parsed.host;
+    this.origin = `${tls ? "https" : "http"}://${parsed.host}`;
+    this.servername = net.isIP(this.hostname) ? undefined : this.hostname;
   }
 
   /** Rejects when `url` does not parse. */
   static async of(url: string): Promise<Target> {
     const parsed = new URL(url);
-    return new Target(parsed, await protocol(parsed.protocol === "https:"));
+    netModule ??= import("node:net");
+    const secure = parsed.protocol === "https:";
+    if (secure) tlsModule ??= import("node:tls");
+    return new Target(parsed, await netModule, secure ? await tlsModule : undefined);
   }
 }
 
@@ -91,15 +89,14 @@ export class Target {
 export class Reply {
   constructor(
     readonly status: number,
-    private readonly headers: http.IncomingHttpHeaders,
+    /** Lower-case names; a repeated header's values joined with ", ". */
+    private readonly headers: ReadonlyMap<string, string>,
     readonly body: Body | undefined,
   ) {}
 
-  /** A header's value (a repeated header joined with ", "), or null. `name` is lower case. */
+  /** A header's value, or null. `name` is lower case. */
   header(name: string): string | null {
-    const value = this.headers[name];
-    if (typeof value === "string") return value;
-    return Array.isArray(value) ? value.join(", ") : null;
+    return this.headers.get(name) ?? null;
   }
 }
 
@@ -120,6 +117,21 @@ export class CorruptBodyError extends Error {
   }
 }
 
+/** The server broke HTTP/1.1 (a bad status line, header or chunk), or its head is too large. */
+export class ProtocolError extends Error {
+  readonly code = "HTTP_PROTOCOL_ERROR";
+  constructor(message: string) {
+    super(message);
+    this.name = "ProtocolError";
+  }
+}
+
+function connectionLost(): Error {
+  return Object.assign(new Error("The connection closed before the response ended"), {
+    code: "ECONNRESET",
+  });
+}
+
 /**
  * An answer's body as a sequence of reads: each read() gives everything that arrived since the
  * last one (undefined at the end), and rejects when the connection is lost before the end or the
@@ -129,24 +141,13 @@ export class Body {
   private ended = false;
   private failure: Error | undefined = undefined;
   /** What arrived while no read waited: handed over whole by the next read. */
-  private queue: Buffer[] = [];
+  private queue: Uint8Array[] = [];
   private queued = 0;
   private resolveRead: ((chunk: Uint8Array | undefined) => void) | undefined = undefined;
   private rejectRead: ((err: Error) => void) | undefined = undefined;
 
-  /** `decoding`: the stream decompresses the response (see decoded()). */
-  constructor(
-    private readonly stream: Readable,
-    private readonly decoding: boolean,
-  ) {
-    // Flowing, into a queue of our own that the next read takes whole (a paused stream would
-    // stop the socket at every 16 KiB). The queue pauses the stream at QUEUE_MAX_BYTES while the
-    // consumer is slower than the server.
-    stream.on("data", this.onData);
-    stream.on("end", this.onEnd);
-    stream.on("error", this.onError);
-    stream.on("close", this.onClose);
-  }
+  /** `pause(true)` stops the source while the queue is full, `pause(false)` lets it go on. */
+  constructor(private readonly pause: (paused: boolean) => void) {}
 
   read(): Promise<Uint8Array | undefined> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
@@ -158,7 +159,30 @@ export class Body {
     });
   }
 
-  readonly fail = (err: Error): void => {
+  push(piece: Uint8Array): void {
+    if (this.ended || this.failure !== undefined || piece.length === 0) return;
+    const resolve = this.resolveRead;
+    if (resolve !== undefined) {
+      this.resolveRead = undefined;
+      this.rejectRead = undefined;
+      resolve(piece);
+      return;
+    }
+    this.queue.push(piece);
+    this.queued += piece.length;
+    if (this.queued >= QUEUE_MAX_BYTES) this.pause(true);
+  }
+
+  end(): void {
+    if (this.ended || this.failure !== undefined) return;
+    this.ended = true;
+    const resolve = this.resolveRead;
+    this.resolveRead = undefined;
+    this.rejectRead = undefined;
+    resolve?.(this.queued > 0 ? this.take() : undefined);
+  }
+
+  fail(err: Error): void {
     if (this.ended || this.failure !== undefined) return;
     this.failure = err;
     this.queue = [];
@@ -167,78 +191,84 @@ export class Body {
     this.resolveRead = undefined;
     this.rejectRead = undefined;
     reject?.(err);
-  };
+  }
 
   /** Everything queued, as one piece. */
   private take(): Uint8Array {
     const queue = this.queue;
-    const chunk = queue.length === 1 ? (queue[0] as Buffer) : Buffer.concat(queue, this.queued);
+    const piece = one(queue, this.queued);
+    if (this.queued >= QUEUE_MAX_BYTES && !this.ended) this.pause(false);
     this.queue = [];
     this.queued = 0;
-    if (!this.ended && this.stream.isPaused()) this.stream.resume();
-    return asUint8Array(chunk);
+    return piece;
   }
-
-  private readonly onData = (chunk: Buffer): void => {
-    const resolve = this.resolveRead;
-    if (resolve !== undefined) {
-      this.resolveRead = undefined;
-      this.rejectRead = undefined;
-      resolve(asUint8Array(chunk));
-      return;
-    }
-    this.queue.push(chunk);
-    this.queued += chunk.length;
-    if (this.queued >= QUEUE_MAX_BYTES) this.stream.pause();
-  };
-
-  private readonly onError = (err: Error): void => {
-    this.fail(this.decoding && !(LOST in err) ? new CorruptBodyError(err) : err);
-  };
-
-  private readonly onEnd = (): void => {
-    this.ended = true;
-    const resolve = this.resolveRead;
-    this.resolveRead = undefined;
-    this.rejectRead = undefined;
-    resolve?.(this.queued > 0 ? this.take() : undefined);
-  };
-
-  /** Closed without an end: the connection was lost (or destroyed by abort()). */
-  private readonly onClose = (): void => {
-    if (!this.ended) this.fail(connectionLost());
-  };
 }
 
-/** A Buffer as a plain Uint8Array over the same bytes. */
-function asUint8Array(chunk: Buffer): Uint8Array {
+function joined(pieces: readonly Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const piece of pieces) {
+    out.set(piece, at);
+    at += piece.length;
+  }
+  return out;
+}
+
+/** `pieces` (of `size` bytes in all) as one. */
+function one(pieces: readonly Uint8Array[], size: number): Uint8Array {
+  return pieces.length === 1 ? (pieces[0] as Uint8Array) : joined(pieces, size);
+}
+
+/** A Buffer as a plain Uint8Array over the same bytes (V8 keeps the decoder's code monomorphic). */
+function plain(chunk: Buffer): Uint8Array {
   return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 }
 
-function connectionLost(): Error {
-  return Object.assign(new Error("The connection closed before the response ended"), {
-    code: "ECONNRESET",
-  });
-}
+/** How the body ends: after Content-Length bytes, at the last chunk, or when the server closes. */
+type Framing = "length" | "chunked" | "close";
+/** Where the response is: its head, its body, or done (the connection pooled or closed). */
+type Phase = "head" | "body" | "done";
+/** Where a chunked body is: a size line, a chunk's data, the CRLF after it, or the trailers. */
+type ChunkState = "size" | "data" | "data-end" | "trailers";
 
 /**
- * One HTTP request. `reply` resolves with the status and headers; `connecting` is true until the
- * request has a connected socket (TCP, then TLS); abort() ends it at any point, closing its
- * connection, and whatever waits on it rejects.
+ * One HTTP request on one connection. `reply` resolves with the status and headers;
+ * `connecting` is true until the request has a connected socket (TCP, then TLS); abort() ends it
+ * at any point, closing its connection unless the body was read to the end, and whatever waits
+ * on it rejects.
  */
 export class Call {
   readonly reply: Promise<Reply>;
-  connecting = true;
+  connecting = false;
   /** The connect phase outlasted `connectMs`. */
   connectTimedOut = false;
-  private readonly request: http.ClientRequest;
+  private connection: Connection | undefined;
+  private resolveReply!: (reply: Reply | PromiseLike<Reply>) => void;
+  private rejectReply!: (err: Error) => void;
   private body: Body | undefined = undefined;
+  private decoder: zlib.Gunzip | zlib.Inflate | zlib.BrotliDecompress | undefined = undefined;
+  /** Compressed body bytes that came before the decoder (node:zlib loads on first use). */
+  private early: Uint8Array[] | undefined = undefined;
+  private endedEarly = false;
+  /** The connection's error handed to the decoder (any other error of its own is corrupt data). */
+  private lost: Error | undefined = undefined;
   private connectTimer: ReturnType<typeof setTimeout> | undefined = undefined;
   private aborted = false;
+  private phase: Phase = "head";
+  private readonly head: boolean;
+  // The response being parsed.
+  private pending: Uint8Array | undefined = undefined;
+  private framing: Framing = "close";
+  private remaining = 0;
+  private chunkState: ChunkState = "size";
+  private trailerBytes = 0;
+  private reusable = false;
+  private keepAliveMs = KEEP_ALIVE_MS;
 
   /**
    * `headers` are name/value pairs of byte strings (one char per byte); Host, Accept (unless
-   * given), Accept-Encoding and Content-Length are added here.
+   * given), Accept-Encoding, Connection and Content-Length are added here. Throws (before
+   * anything is sent) on a header that is not a token or holds CR, LF or NUL.
    */
   constructor(
     target: Target,
@@ -247,40 +277,33 @@ export class Call {
     payload: Uint8Array | undefined,
     private readonly connectMs: number,
   ) {
-    const raw: string[] = ["Host", target.host];
+    this.head = method === "HEAD";
+    let text = `${method} ${target.path} HTTP/1.1\r\nHost: ${target.host}\r\n`;
     let accept = false;
     for (let i = 0; i < headers.length; i++) {
       const [name, value] = headers[i] as readonly [string, string];
+      if (!TOKEN.test(name) || UNSAFE_HEADER_TEXT.test(value)) {
+        throw new TypeError(`invalid header ${JSON.stringify(name)}`);
+      }
       if (!accept && name.length === 6 && name.toLowerCase() === "accept") accept = true;
-      raw.push(name, value);
+      text += `${name}: ${value}\r\n`;
     }
-    if (!accept) raw.push("Accept", "*/*");
-    raw.push("Accept-Encoding", ACCEPT_ENCODING);
-    if (payload !== undefined) raw.push("Content-Length", String(payload.byteLength));
-    const { request: send, agent } = target.protocol;
-    const request = send({
-      host: target.hostname,
-      port: target.port,
-      path: target.path,
-      method,
-      // An array keeps the order and the bytes as given (Node adds no Host then: it is above).
-      headers: raw as unknown as http.OutgoingHttpHeaders,
-      agent,
-    });
-    this.request = request;
+    if (!accept) text += "Accept: */*\r\n";
+    text += `Accept-Encoding: ${ACCEPT_ENCODING}\r\nConnection: keep-alive\r\n`;
+    if (payload !== undefined) text += `Content-Length: ${payload.byteLength}\r\n`;
+    text += "\r\n";
     this.reply = new Promise<Reply>((resolve, reject) => {
-      request.on("response", (response: http.IncomingMessage) => {
-        this.connecting = false;
-        resolve(this.open(response));
-      });
-      request.on("error", (err: Error) => {
-        reject(this.aborted ? new AbortedError() : err);
-        this.body?.fail(err);
-      });
+      this.resolveReply = resolve;
+      this.rejectReply = reject;
     });
-    request.on("socket", this.onSocket);
-    // Headers and body in one write; a string body would be written with the headers as UTF-8.
-    request.end(payload);
+    const connection = Connection.take(target) ?? this.open(target);
+    this.connection = connection;
+    connection.start(this);
+    const socket = connection.socket;
+    socket.cork();
+    socket.write(text, "latin1");
+    if (payload !== undefined && payload.byteLength > 0) socket.write(payload);
+    socket.uncork();
   }
 
   /** End the request now, closing its connection (unless its body was read to the end). */
@@ -288,40 +311,30 @@ export class Call {
     if (this.aborted) return;
     this.aborted = true;
     this.clearConnectTimer();
-    this.body?.fail(new AbortedError());
-    this.request.destroy();
+    if (this.phase === "done") return;
+    this.phase = "done";
+    const err = new AbortedError();
+    this.rejectReply(err);
+    this.body?.fail(err);
+    this.decoder?.destroy();
+    this.connection?.destroy();
+    this.connection = undefined;
   }
 
-  private open(response: http.IncomingMessage): Reply | Promise<Reply> {
-    const status = response.statusCode ?? 0;
-    if (NO_BODY_STATUSES.has(status)) {
-      response.resume();
-      return new Reply(status, response.headers, undefined);
-    }
-    const encoding = response.headers["content-encoding"]?.trim().toLowerCase();
-    if (encoding === undefined || encoding === "" || encoding === "identity") {
-      this.body = new Body(response, false);
-      return new Reply(status, response.headers, this.body);
-    }
-    // The body waits, paused, until the decoder is attached.
-    zlibModule ??= import("node:zlib");
-    return zlibModule.then((z) => {
-      const stream = decoded(z, response, encoding);
-      this.body = new Body(stream, stream !== response);
-      if (this.aborted) this.body.fail(new AbortedError());
-      return new Reply(status, response.headers, this.body);
-    });
-  }
-
-  private readonly onSocket = (socket: Socket): void => {
-    // A pooled connection is ready; a new one connects (and, over TLS, shakes hands) first.
-    if (!socket.connecting && (this.request.reusedSocket || !("encrypted" in socket))) {
-      this.connecting = false;
-      return;
-    }
-    socket.once("encrypted" in socket ? "secureConnect" : "connect", this.onConnect);
+  private open(target: Target): Connection {
+    const socket = target.tls
+      ? target.tls.connect({
+          host: target.hostname,
+          port: target.port,
+          servername: target.servername,
+          ALPNProtocols: ["http/1.1"],
+        })
+      : target.net.connect({ host: target.hostname, port: target.port });
+    this.connecting = true;
+    socket.once(target.tls ? "secureConnect" : "connect", this.onConnect);
     this.connectTimer = setTimeout(this.onConnectTimeout, this.connectMs);
-  };
+    return new Connection(target.origin, socket);
+  }
 
   private readonly onConnect = (): void => {
     this.connecting = false;
@@ -339,23 +352,405 @@ export class Call {
     if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
   }
+
+  /** Bytes from the connection. */
+  receive(data: Uint8Array): void {
+    try {
+      let rest = data;
+      if (this.phase === "head") {
+        const afterHead = this.parseHead(data);
+        if (afterHead === undefined) return;
+        rest = afterHead;
+        // A response without a body is complete with its head.
+        if ((this.phase as Phase) !== "body") {
+          this.complete(rest.length === 0);
+          return;
+        }
+      }
+      if (this.phase === "body") this.parseBody(rest);
+    } catch (err) {
+      this.broken(err as Error);
+    }
+  }
+
+  /** The connection closed (`err` when it failed): the end of a close-delimited body. */
+  closed(err: Error | undefined): void {
+    this.connection = undefined;
+    if (this.phase === "body" && this.framing === "close" && err === undefined) {
+      this.complete(false);
+      return;
+    }
+    this.broken(err ?? connectionLost());
+  }
+
+  private broken(err: Error): void {
+    if (this.phase === "done") return;
+    const inBody = this.phase === "body";
+    this.phase = "done";
+    this.clearConnectTimer();
+    if (inBody) this.deliverError(err);
+    else this.rejectReply(err);
+    this.connection?.destroy();
+    this.connection = undefined;
+  }
+
+  /** Parse (more of) the head; the bytes after it, or undefined while it is incomplete. */
+  private parseHead(data: Uint8Array): Uint8Array | undefined {
+    let buf = data;
+    if (this.pending !== undefined) {
+      buf = joined([this.pending, data], this.pending.length + data.length);
+      this.pending = undefined;
+    }
+    for (;;) {
+      const end = indexOfHeadEnd(buf);
+      if (end === -1) {
+        if (buf.length > MAX_HEAD_BYTES) throw new ProtocolError("response head too large");
+        this.pending = buf;
+        return undefined;
+      }
+      if (end > MAX_HEAD_BYTES) throw new ProtocolError("response head too large");
+      const lines = Buffer.from(buf.buffer, buf.byteOffset, end).toString("latin1").split("\r\n");
+      const rest = buf.subarray(end + 4);
+      const status = this.parseStatus(lines[0] ?? "");
+      if (status >= 100 && status < 200 && status !== 101) {
+        buf = rest; // an interim answer (100 Continue, 103 Early Hints): the real one follows
+        continue;
+      }
+      this.start(status, parseHeaders(lines));
+      return rest;
+    }
+  }
+
+  private minor = 1;
+
+  private parseStatus(line: string): number {
+    const match = STATUS_LINE.exec(line);
+    if (match === null) throw new ProtocolError("bad status line");
+    this.minor = Number(match[1]);
+    return Number(match[2]);
+  }
+
+  /** The response's framing, then its reply. */
+  private start(status: number, headers: Map<string, string>): void {
+    this.connecting = false;
+    this.clearConnectTimer();
+    const connection = (headers.get("connection") ?? "").toLowerCase();
+    this.reusable = this.minor === 1 ? !/(?:^|,)\s*close\s*(?:,|$)/.test(connection) : false;
+    const hint = /(?:^|,)\s*timeout=(\d+)/.exec(headers.get("keep-alive") ?? "");
+    if (hint !== null) {
+      this.keepAliveMs = Math.min(KEEP_ALIVE_MS, Number(hint[1]) * 1000 - KEEP_ALIVE_MARGIN_MS);
+      if (this.keepAliveMs <= 0) this.reusable = false;
+    }
+    const transfer = headers.get("transfer-encoding");
+    const length = headers.get("content-length");
+    const hasBody = !(this.head || status === 204 || status === 304 || status === 101);
+    if (transfer !== undefined) {
+      // The last coding decides; with a Content-Length too, the connection is not reused.
+      const codings = transfer.toLowerCase().split(",");
+      this.framing = codings[codings.length - 1]?.trim() === "chunked" ? "chunked" : "close";
+      if (length !== undefined || this.framing === "close") this.reusable = false;
+    } else if (length !== undefined) {
+      const values = new Set(length.split(",").map((value) => value.trim()));
+      const value = values.size === 1 ? [...values][0] : undefined;
+      if (value === undefined || !/^[0-9]{1,15}$/.test(value)) {
+        throw new ProtocolError("bad Content-Length");
+      }
+      this.framing = "length";
+      this.remaining = Number(value); // 0: an empty body, complete with the head
+    } else {
+      this.framing = "close";
+      this.reusable = false;
+    }
+    if (!hasBody) {
+      this.phase = "done";
+      this.resolveReply(new Reply(status, headers, undefined));
+      return;
+    }
+    this.phase = "body";
+    const body = new Body(this.pauseSource);
+    this.body = body;
+    const encoding = headers.get("content-encoding")?.trim().toLowerCase();
+    if (encoding !== undefined && encoding !== "" && encoding !== "identity") {
+      if (zlibLoaded !== undefined) {
+        this.attachDecoder(zlibLoaded, encoding);
+      } else {
+        this.early = [];
+        zlibModule ??= import("node:zlib").then((z) => (zlibLoaded = z));
+        this.resolveReply(
+          zlibModule.then((z) => {
+            this.attachDecoder(z, encoding);
+            return new Reply(status, headers, body);
+          }),
+        );
+        return;
+      }
+    }
+    this.resolveReply(new Reply(status, headers, body));
+  }
+
+  /** Decode the body as it arrives: gzip, deflate or br (other codings are passed on as sent). */
+  private attachDecoder(z: typeof zlib, encoding: string): void {
+    const body = this.body as Body;
+    const early = this.early ?? [];
+    this.early = undefined;
+    if (this.aborted) return;
+    // Sync flushes: an event is handed on as soon as its compressed bytes arrive.
+    const flush = { flush: z.constants.Z_SYNC_FLUSH, finishFlush: z.constants.Z_SYNC_FLUSH };
+    let decoder: zlib.Gunzip | zlib.Inflate | zlib.BrotliDecompress;
+    if (encoding === "gzip" || encoding === "x-gzip") decoder = z.createGunzip(flush);
+    else if (encoding === "deflate") decoder = z.createInflate(flush);
+    else if (encoding === "br") decoder = z.createBrotliDecompress();
+    else {
+      for (const piece of early) body.push(piece);
+      if (this.endedEarly) body.end();
+      return;
+    }
+    this.decoder = decoder;
+    decoder.on("data", (piece: Buffer) => body.push(plain(piece)));
+    decoder.on("end", () => body.end());
+    decoder.on("error", (err: Error) => {
+      body.fail(err === this.lost ? err : new CorruptBodyError(err));
+    });
+    for (const piece of early) decoder.write(piece);
+    if (this.endedEarly) decoder.end();
+  }
+
+  private readonly pauseSource = (paused: boolean): void => {
+    const socket = this.connection?.socket;
+    if (socket === undefined) return;
+    if (paused) socket.pause();
+    else socket.resume();
+  };
+
+  private parseBody(data: Uint8Array): void {
+    if (this.framing === "close") {
+      this.deliver(data);
+      return;
+    }
+    if (this.framing === "length") {
+      const n = Math.min(this.remaining, data.length);
+      this.remaining -= n;
+      this.deliver(n === data.length ? data : data.subarray(0, n));
+      if (this.remaining === 0) {
+        this.complete(n === data.length);
+      }
+      return;
+    }
+    this.parseChunks(data);
+  }
+
+  /** Chunked transfer coding: the data of every chunk in `data`, delivered as one piece. */
+  private parseChunks(input: Uint8Array): void {
+    let data = input;
+    if (this.pending !== undefined) {
+      data = joined([this.pending, input], this.pending.length + input.length);
+      this.pending = undefined;
+    }
+    const pieces: Uint8Array[] = [];
+    let size = 0;
+    let at = 0;
+    const length = data.length;
+    while (at < length) {
+      if (this.chunkState === "data") {
+        const n = Math.min(this.remaining, length - at);
+        pieces.push(data.subarray(at, at + n));
+        size += n;
+        at += n;
+        this.remaining -= n;
+        if (this.remaining === 0) this.chunkState = "data-end";
+        continue;
+      }
+      // A line: the chunk size, the CRLF after a chunk's data, or a trailer.
+      const lf = data.indexOf(0x0a, at);
+      if (lf === -1) {
+        if (length - at > MAX_HEAD_BYTES) throw new ProtocolError("chunk line too long");
+        this.pending = data.slice(at);
+        break;
+      }
+      if (lf === at || data[lf - 1] !== 0x0d) throw new ProtocolError("bad chunk framing");
+      const lineEnd = lf - 1;
+      if (this.chunkState === "data-end") {
+        if (lineEnd !== at) throw new ProtocolError("bad chunk framing");
+        this.chunkState = "size";
+      } else if (this.chunkState === "size") {
+        const line = Buffer.from(data.buffer, data.byteOffset + at, lineEnd - at).toString(
+          "latin1",
+        );
+        const match = CHUNK_SIZE.exec(line);
+        if (match === null) throw new ProtocolError("bad chunk size");
+        this.remaining = Number.parseInt(match[1] as string, 16);
+        this.chunkState = this.remaining === 0 ? "trailers" : "data";
+      } else {
+        this.trailerBytes += lf + 1 - at;
+        if (this.trailerBytes > MAX_HEAD_BYTES) throw new ProtocolError("trailers too large");
+        if (lineEnd === at) {
+          // The end of the body. Bytes after it would be an answer nobody asked for.
+          if (size > 0) this.deliver(one(pieces, size));
+          this.complete(lf + 1 === length);
+          return;
+        }
+      }
+      at = lf + 1;
+    }
+    if (size > 0) this.deliver(one(pieces, size));
+  }
+
+  private deliver(piece: Uint8Array): void {
+    if (this.decoder !== undefined) this.decoder.write(piece);
+    else if (this.early !== undefined) this.early.push(piece);
+    else this.body?.push(piece);
+  }
+
+  private deliverError(err: Error): void {
+    this.early = undefined;
+    if (this.decoder !== undefined) {
+      this.lost = err;
+      this.decoder.destroy(err);
+    } else {
+      this.body?.fail(err);
+    }
+  }
+
+  /** The response is complete: the connection goes back to the pool unless bytes followed it. */
+  private complete(clean: boolean): void {
+    this.phase = "done";
+    if (this.decoder !== undefined) this.decoder.end();
+    else if (this.early !== undefined) this.endedEarly = true;
+    else this.body?.end();
+    if (!clean) this.reusable = false;
+    this.release();
+  }
+
+  private release(): void {
+    const connection = this.connection;
+    this.connection = undefined;
+    if (connection === undefined) return;
+    if (this.reusable && !this.aborted) connection.release(this.keepAliveMs);
+    else connection.destroy();
+  }
 }
 
-/** The body decoded as it arrives (Content-Encoding gzip, deflate or br; others as sent). */
-function decoded(z: typeof zlib, response: http.IncomingMessage, encoding: string): Readable {
-  // Sync flushes: an event is handed on as soon as its compressed bytes arrive.
-  const flush = { flush: z.constants.Z_SYNC_FLUSH, finishFlush: z.constants.Z_SYNC_FLUSH };
-  let decoder: zlib.Gunzip | zlib.Inflate | zlib.BrotliDecompress;
-  if (encoding === "gzip" || encoding === "x-gzip") decoder = z.createGunzip(flush);
-  else if (encoding === "deflate") decoder = z.createInflate(flush);
-  else if (encoding === "br") decoder = z.createBrotliDecompress();
-  else return response;
-  // The response's errors reach the decoder marked as a lost connection; its own are corrupt data.
-  const lost = (err?: Error): void => {
-    decoder.destroy(Object.assign(err ?? connectionLost(), { [LOST]: true }));
+/** The end of a head ("\r\n\r\n"), or -1. */
+function indexOfHeadEnd(buf: Uint8Array): number {
+  let at = buf.indexOf(0x0d);
+  while (at !== -1 && at + 3 < buf.length) {
+    if (buf[at + 1] === 0x0a && buf[at + 2] === 0x0d && buf[at + 3] === 0x0a) return at;
+    at = buf.indexOf(0x0d, at + 1);
+  }
+  return -1;
+}
+
+function parseHeaders(lines: readonly string[]): Map<string, string> {
+  const headers = new Map<string, string>();
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i] as string;
+    const colon = line.indexOf(":");
+    const name = colon > 0 ? line.slice(0, colon) : "";
+    if (!TOKEN.test(name) || UNSAFE_HEADER_TEXT.test(line)) {
+      throw new ProtocolError("bad header line"); // also an obsolete folded line
+    }
+    const key = name.toLowerCase();
+    const value = line.slice(colon + 1).trim();
+    const before = headers.get(key);
+    headers.set(key, before === undefined ? value : `${before}, ${value}`);
+  }
+  return headers;
+}
+
+/** One keep-alive socket: busy with one Call, or idle in the pool. */
+class Connection {
+  private call: Call | undefined = undefined;
+  private idleTimer: ReturnType<typeof setTimeout> | undefined = undefined;
+  private dead = false;
+
+  constructor(
+    private readonly origin: string,
+    readonly socket: net.Socket,
+  ) {
+    socket.setNoDelay(true);
+    socket.on("data", this.onData);
+    socket.on("end", this.onEnd);
+    socket.on("error", this.onError);
+    socket.on("close", this.onClose);
+  }
+
+  /** An idle connection to `target`'s origin, most recently used first. */
+  static take(target: Target): Connection | undefined {
+    const list = idle.get(target.origin);
+    if (list === undefined) return undefined;
+    const connection = list.pop();
+    if (list.length === 0) idle.delete(target.origin);
+    if (connection === undefined) return undefined;
+    connection.leaveIdle();
+    return connection;
+  }
+
+  start(call: Call): void {
+    this.call = call;
+  }
+
+  /** Back to the pool, idle for at most `ms`. */
+  release(ms: number): void {
+    this.call = undefined;
+    if (this.dead) return;
+    this.socket.unref();
+    if (this.socket.isPaused()) this.socket.resume();
+    this.idleTimer = setTimeout(this.destroy, ms);
+    this.idleTimer.unref?.();
+    const list = idle.get(this.origin);
+    if (list === undefined) idle.set(this.origin, [this]);
+    else list.push(this);
+  }
+
+  readonly destroy = (): void => {
+    if (this.dead) return;
+    this.dead = true;
+    this.leaveIdle();
+    this.removeFromPool();
+    this.socket.destroy();
   };
-  response.on("error", lost);
-  response.on("aborted", () => lost());
-  response.pipe(decoder);
-  return decoder;
+
+  private leaveIdle(): void {
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.socket.ref();
+  }
+
+  private removeFromPool(): void {
+    const list = idle.get(this.origin);
+    if (list === undefined) return;
+    const at = list.indexOf(this);
+    if (at !== -1) list.splice(at, 1);
+    if (list.length === 0) idle.delete(this.origin);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    const call = this.call;
+    if (call === undefined)
+      this.destroy(); // an idle connection must say nothing
+    else call.receive(plain(chunk));
+  };
+
+  private readonly onEnd = (): void => {
+    const call = this.call;
+    this.call = undefined;
+    this.destroy();
+    call?.closed(undefined);
+  };
+
+  private readonly onError = (err: Error): void => {
+    const call = this.call;
+    this.call = undefined;
+    this.destroy();
+    call?.closed(err);
+  };
+
+  private readonly onClose = (): void => {
+    const call = this.call;
+    this.call = undefined;
+    this.dead = true;
+    this.leaveIdle();
+    this.removeFromPool();
+    call?.closed(undefined);
+  };
 }

@@ -1,7 +1,9 @@
 import { spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
+import { readFileSync } from "node:fs";
 import http from "node:http";
-import type { Socket } from "node:net";
+import https from "node:https";
+import type { AddressInfo, Socket } from "node:net";
 import * as zlib from "node:zlib";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { BaseLLM } from "../../src/core/client.js";
@@ -1008,6 +1010,47 @@ describe("connection pool", () => {
       seen += event.content;
     }
     expect(seen).toBe(texts.join(""));
+  });
+
+  it("speaks HTTPS, keeping one connection, and checks the server's certificate", async () => {
+    const fixture = (name: string) =>
+      readFileSync(new URL(`../fixtures/${name}`, import.meta.url), "latin1");
+    const start = async (name: string) => {
+      const key = fixture(`${name}-key.pem`);
+      const cert = fixture(`${name}-cert.pem`);
+      const tlsServer = https.createServer({ key, cert }, (req, res) => {
+        req.resume();
+        req.on("end", () => serve([textChunk("secure"), DONE])(req, res, {} as Seen));
+      });
+      let handshakes = 0;
+      tlsServer.on("secureConnection", () => {
+        handshakes += 1;
+      });
+      await new Promise<void>((ok) => tlsServer.listen(0, "127.0.0.1", ok));
+      const { port } = tlsServer.address() as AddressInfo;
+      return { tlsServer, url: `https://localhost:${port}/v1`, handshakes: () => handshakes };
+    };
+    const trusted = await start("localhost");
+    const untrusted = await start("untrusted");
+    try {
+      const client = llm({ baseUrl: trusted.url });
+      for (let turn = 0; turn < 2; turn++) {
+        const { events, error } = await collect(client.stream(MESSAGES));
+        expect(error).toBeUndefined();
+        expect(events[0]).toEqual({ type: "text", content: "secure" });
+      }
+      expect(trusted.handshakes()).toBe(1);
+      const { error } = await collect(
+        llm({ baseUrl: untrusted.url, maxRetries: 0 }).stream(MESSAGES),
+      );
+      expect((error as APIConnectionError).code).toBe("connection_error");
+      expect(String(((error as APIConnectionError).cause as Error).message)).toMatch(/certificate/);
+    } finally {
+      for (const { tlsServer } of [trusted, untrusted]) {
+        tlsServer.closeAllConnections();
+        tlsServer.close();
+      }
+    }
   });
 
   it("decodes a gzip stream as it arrives", async () => {

@@ -1,0 +1,255 @@
+// The HTTP/1.1 transport on its own, against a raw TCP server that writes exact bytes in pieces:
+// framing (Content-Length, chunked, until close), heads and chunk lines split anywhere, interim
+// answers, trailers, keep-alive decisions, and responses that break HTTP.
+import net from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterEach, describe, expect, it } from "vitest";
+import { Call, ProtocolError, Target } from "../../src/core/transport.js";
+
+/** A server that answers each request on a connection with the next script's pieces. */
+class RawServer {
+  connections = 0;
+  heads: string[] = [];
+  private readonly sockets = new Set<net.Socket>();
+  private readonly server: net.Server;
+
+  constructor(private readonly scripts: (readonly string[])[]) {
+    this.server = net.createServer((socket) => {
+      this.connections += 1;
+      this.sockets.add(socket);
+      socket.on("close", () => this.sockets.delete(socket));
+      socket.on("error", () => {});
+      let buffered = "";
+      socket.on("data", (data) => {
+        buffered += data.toString("latin1");
+        for (;;) {
+          const end = buffered.indexOf("\r\n\r\n");
+          if (end === -1) return;
+          const head = buffered.slice(0, end);
+          const length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
+          if (buffered.length < end + 4 + length) return;
+          buffered = buffered.slice(end + 4 + length);
+          this.heads.push(head);
+          void this.answer(socket, this.scripts.shift() ?? []);
+        }
+      });
+    });
+  }
+
+  private async answer(socket: net.Socket, pieces: readonly string[]): Promise<void> {
+    for (const piece of pieces) {
+      if (piece === "<close>") {
+        socket.end();
+        return;
+      }
+      socket.write(Buffer.from(piece, "latin1"));
+      await sleep(2);
+    }
+  }
+
+  async start(): Promise<string> {
+    await new Promise<void>((ok) => this.server.listen(0, "127.0.0.1", ok));
+    return `http://127.0.0.1:${(this.server.address() as net.AddressInfo).port}/v1/x`;
+  }
+
+  async stop(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise((ok) => this.server.close(ok));
+  }
+}
+
+let server: RawServer | undefined;
+afterEach(async () => {
+  await server?.stop();
+  server = undefined;
+});
+
+/** Each piece split into its single bytes: every boundary a parser can meet. */
+const bytewise = (text: string): string[] => [...text];
+
+async function fetchText(url: string): Promise<{ status: number; text: string; headers: Call }> {
+  const call = new Call(await Target.of(url), "POST", [["X-A", "1"]], Buffer.from("{}"), 10_000);
+  const reply = await call.reply;
+  let text = "";
+  if (reply.body !== undefined) {
+    for (
+      let piece = await reply.body.read();
+      piece !== undefined;
+      piece = await reply.body.read()
+    ) {
+      text += Buffer.from(piece).toString("latin1");
+    }
+  }
+  return { status: reply.status, text, headers: call };
+}
+
+/** Two requests in a row: the answers, and whether the second reused the first's connection. */
+async function twice(scripts: (readonly string[])[]): Promise<[string[], boolean]> {
+  server = new RawServer(scripts);
+  const url = await server.start();
+  const first = await fetchText(url);
+  await sleep(5); // let a closing server's FIN arrive
+  const second = await fetchText(url);
+  return [[first.text, second.text], server.connections === 1];
+}
+
+const OK = "HTTP/1.1 200 OK\r\n";
+
+describe("framing", () => {
+  it.each<[string, string[], string, boolean]>([
+    ["content-length", [`${OK}Content-Length: 5\r\n\r\nhello`], "hello", true],
+    [
+      "content-length split bytewise",
+      bytewise(`${OK}Content-Length: 5\r\n\r\nhello`),
+      "hello",
+      true,
+    ],
+    [
+      "chunked, many chunks per read",
+      [`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n`],
+      "hello",
+      true,
+    ],
+    [
+      "chunked, split bytewise",
+      bytewise(`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n`),
+      "hello",
+      true,
+    ],
+    [
+      "chunk extensions and upper-case hex",
+      [`${OK}Transfer-Encoding: chunked\r\n\r\nA;name=x\r\n0123456789\r\n0\r\n\r\n`],
+      "0123456789",
+      true,
+    ],
+    [
+      "trailers",
+      [`${OK}Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n`],
+      "x",
+      true,
+    ],
+    [
+      "interim 100 and 103 answers first",
+      [
+        `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n${OK}Content-Length: 2\r\n\r\nok`,
+      ],
+      "ok",
+      true,
+    ],
+    ["no reason phrase", ["HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok"], "ok", true],
+    ["an empty body", [`${OK}Content-Length: 0\r\n\r\n`], "", true],
+    ["until close: not reused", [`${OK}\r\nall of it`, "<close>"], "all of it", false],
+    [
+      "Connection: close: not reused",
+      [`${OK}Connection: close\r\nContent-Length: 2\r\n\r\nok`],
+      "ok",
+      false,
+    ],
+    ["HTTP/1.0: not reused", ["HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], "ok", false],
+    [
+      "a Keep-Alive timeout of 1 s: not reused",
+      [`${OK}Keep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok`],
+      "ok",
+      false,
+    ],
+    [
+      "Transfer-Encoding and Content-Length: chunked wins, not reused",
+      [`${OK}Content-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n`],
+      "ok",
+      false,
+    ],
+    ["bytes after the body: not reused", [`${OK}Content-Length: 2\r\n\r\nokEXTRA`], "ok", false],
+  ])("%s", async (_name, pieces, text, reused) => {
+    const [texts, sameConnection] = await twice([pieces, pieces]);
+    expect(texts).toEqual([text, text]);
+    expect(sameConnection).toBe(reused);
+  });
+
+  it("sends the request head as given, then Accept, Accept-Encoding, Connection, Content-Length", async () => {
+    server = new RawServer([[`${OK}Content-Length: 0\r\n\r\n`]]);
+    const url = await server.start();
+    await fetchText(url);
+    expect(server.heads[0]?.split("\r\n")).toEqual([
+      "POST /v1/x HTTP/1.1",
+      `Host: ${new URL(url).host}`,
+      "X-A: 1",
+      "Accept: */*",
+      "Accept-Encoding: gzip, deflate",
+      "Connection: keep-alive",
+      "Content-Length: 2",
+    ]);
+  });
+
+  it("refuses a header that would split the request", async () => {
+    const target = await Target.of("http://127.0.0.1:9/v1");
+    for (const header of [
+      ["X-A", "1\r\nX-B: 2"],
+      ["X A", "1"],
+      ["X-A", "nul\0"],
+    ] as const) {
+      expect(() => new Call(target, "POST", [header], undefined, 1000)).toThrow(TypeError);
+    }
+  });
+});
+
+describe("responses that break HTTP", () => {
+  it.each<[string, string[]]>([
+    ["a bad status line", ["HTTP/2 200 OK\r\n\r\n"]],
+    ["not HTTP at all", ["SSH-2.0-OpenSSH\r\n\r\n"]],
+    ["a header without a colon", [`${OK}Nonsense\r\n\r\n`]],
+    ["an obsolete folded header", [`${OK}X-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n`]],
+    ["a bad Content-Length", [`${OK}Content-Length: 12abc\r\n\r\n`]],
+    ["two different Content-Lengths", [`${OK}Content-Length: 2\r\nContent-Length: 3\r\n\r\nok`]],
+    ["a head over 16 KiB", [`${OK}X-Pad: ${"z".repeat(17_000)}\r\n\r\n`]],
+  ])("%s: the reply rejects with ProtocolError", async (_name, pieces) => {
+    server = new RawServer([pieces]);
+    const url = await server.start();
+    await expect(fetchText(url)).rejects.toBeInstanceOf(ProtocolError);
+  });
+
+  it.each<[string, string[]]>([
+    ["a bad chunk size", [`${OK}Transfer-Encoding: chunked\r\n\r\nzz\r\n`]],
+    ["a chunk without its CRLF", [`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n`]],
+    ["a bare LF in the chunk framing", [`${OK}Transfer-Encoding: chunked\r\n\r\n2\nok\r\n`]],
+  ])("%s: the body read rejects with ProtocolError", async (_name, pieces) => {
+    server = new RawServer([pieces]);
+    const url = await server.start();
+    await expect(fetchText(url)).rejects.toBeInstanceOf(ProtocolError);
+  });
+
+  it.each<[string, string[]]>([
+    ["closed before the head", ["HTTP/1.1 200", "<close>"]],
+    ["closed in a Content-Length body", [`${OK}Content-Length: 10\r\n\r\nshort`, "<close>"]],
+    ["closed in a chunked body", [`${OK}Transfer-Encoding: chunked\r\n\r\n5\r\nab`, "<close>"]],
+  ])("%s: rejects with ECONNRESET", async (_name, pieces) => {
+    server = new RawServer([pieces]);
+    const url = await server.start();
+    await expect(fetchText(url)).rejects.toMatchObject({ code: "ECONNRESET" });
+  });
+});
+
+describe("abort", () => {
+  it("rejects the reply and the read, and closes the connection", async () => {
+    server = new RawServer([[`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n`]]);
+    const url = await server.start();
+    const call = new Call(await Target.of(url), "GET", [], undefined, 10_000);
+    const reply = await call.reply;
+    expect(Buffer.from((await reply.body?.read()) ?? []).toString()).toBe("ok");
+    const read = reply.body?.read();
+    call.abort();
+    await expect(read).rejects.toMatchObject({ code: "ABORT_ERR" });
+    await expect(reply.body?.read()).rejects.toMatchObject({ code: "ABORT_ERR" });
+  });
+
+  it("leaves a connection whose body was read to the end in the pool", async () => {
+    const done = [`${OK}Content-Length: 2\r\n\r\nok`];
+    server = new RawServer([done, done]);
+    const url = await server.start();
+    const call = new Call(await Target.of(url), "GET", [], undefined, 10_000);
+    const body = (await call.reply).body;
+    while ((await body?.read()) !== undefined) {}
+    call.abort();
+    expect((await fetchText(url)).text).toBe("ok");
+    expect(server.connections).toBe(1);
+  });
+});

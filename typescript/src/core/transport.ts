@@ -444,6 +444,7 @@ export class Call {
     const transfer = headers.get("transfer-encoding");
     const length = headers.get("content-length");
     const hasBody = !(this.head || status === 204 || status === 304 || status === 101);
+    if (status === 101) this.reusable = false; // no longer HTTP on this connection
     if (transfer !== undefined) {
       // The last coding decides; with a Content-Length too, the connection is not reused.
       const codings = transfer.toLowerCase().split(",");

@@ -117,9 +117,11 @@ describe("framing", () => {
       true,
     ],
     [
-      "chunk extensions and upper-case hex",
-      [`${OK}Transfer-Encoding: chunked\r\n\r\nA;name=x\r\n0123456789\r\n0\r\n\r\n`],
-      "0123456789",
+      "chunk extensions, blanks and upper-case hex",
+      [
+        `${OK}Transfer-Encoding: chunked\r\n\r\nA;name=x\r\n0123456789\r\nb \t;y\r\n-abcdefghij\r\n0\r\n\r\n`,
+      ],
+      "0123456789-abcdefghij",
       true,
     ],
     [
@@ -209,6 +211,11 @@ describe("responses that break HTTP", () => {
 
   it.each<[string, string[]]>([
     ["a bad chunk size", [`${OK}Transfer-Encoding: chunked\r\n\r\nzz\r\n`]],
+    ["a control byte for a digit", [`${OK}Transfer-Encoding: chunked\r\n\r\n\x12\r\nok\r\n`]],
+    [
+      "a chunk size over 12 digits",
+      [`${OK}Transfer-Encoding: chunked\r\n\r\n${"1".repeat(13)}\r\n`],
+    ],
     ["a chunk without its CRLF", [`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n`]],
     ["a bare LF in the chunk framing", [`${OK}Transfer-Encoding: chunked\r\n\r\n2\nok\r\n`]],
   ])("%s: the body read rejects with ProtocolError", async (_name, pieces) => {

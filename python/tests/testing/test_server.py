@@ -548,3 +548,25 @@ def test_cli_stops_on_sigterm() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_cli_stopped_by_sigterm_while_watching_stdin_exits_cleanly() -> None:
+    """A signal while the stdin watcher waits: no "Fatal Python error" at shutdown."""
+    src = Path(brainline.testing.__file__).parents[2]
+    with subprocess.Popen(
+        [sys.executable, "-m", "brainline.testing"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            assert process.stdout.readline().startswith("http://127.0.0.1:")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(10) == 0
+            assert "Fatal Python error" not in process.stderr.read()
+        finally:
+            if process.poll() is None:
+                process.kill()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -42,10 +43,15 @@ async def _serve(server: MockServer, watch_stdin: bool) -> None:
     if watch_stdin:
 
         def read_stdin() -> None:
+            # The file descriptor, not sys.stdin: a daemon thread blocked in the buffered reader
+            # holds its lock, and a stop by signal then ends in "Fatal Python error:
+            # _enter_buffered_busy" at interpreter shutdown.
             with contextlib.suppress(Exception):
-                while sys.stdin.buffer.read(65536):
+                while os.read(fd, 65536):
                     pass
             loop.call_soon_threadsafe(stop.set)
+
+        fd = sys.stdin.fileno()
 
         threading.Thread(target=read_stdin, name="stdin-watch", daemon=True).start()
     try:

@@ -28,6 +28,7 @@ from brainline._core.errors import (
 )
 from brainline._core.events import Event, ToolCall, Turn, Usage
 from brainline._core.session import SessionContext
+from brainline._generated.constants import KEEPALIVE_EXPIRY
 
 from .conftest import (
     Connection,
@@ -1172,3 +1173,14 @@ asyncio.run(main())
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["Hello", "stop"]
+
+
+async def test_idle_connections_expire_after_keepalive_expiry() -> None:
+    # The spec's expiry (4 s), not httpx's 5 s, which races uvicorn's and Node's 5 s keep-alive.
+    llm = BaseLLM(make_config(base_url="http://127.0.0.1:9/v1"))
+    client = llm._open()
+    try:
+        pool = client._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry == KEEPALIVE_EXPIRY == 4
+    finally:
+        await llm.aclose()

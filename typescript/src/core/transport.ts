@@ -15,13 +15,14 @@
 import type * as net from "node:net";
 import type * as tls from "node:tls";
 import type * as zlib from "node:zlib";
+import { KEEPALIVE_EXPIRY } from "../generated/constants.js";
 
 /**
- * An idle pooled connection is closed after this long (or sooner when the server's Keep-Alive
- * header says so), as httpx's keepalive_expiry: a server's own idle timeout must not reset the
- * connection under the next turn.
+ * An idle pooled connection is closed after KEEPALIVE_EXPIRY (or sooner when the server's
+ * Keep-Alive header says so), as Python's httpx pool: a server's own idle timeout must not reset
+ * the connection under the next turn.
  */
-const KEEP_ALIVE_MS = 5000;
+const KEEP_ALIVE_MS = KEEPALIVE_EXPIRY * 1000;
 /** A server's Keep-Alive timeout is trusted less this much, so the server never closes first. */
 const KEEP_ALIVE_MARGIN_MS = 1000;
 /** The longest response head (status line and headers), and trailer section, taken. */

@@ -3,7 +3,10 @@
 // answers, trailers, keep-alive decisions, and responses that break HTTP.
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterEach, describe, expect, it } from "vitest";
+
+const realSleep = sleep; // node:timers/promises is not faked by vi.useFakeTimers
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { KEEPALIVE_EXPIRY } from "../../src/generated/constants.js";
 import { Call, ProtocolError, Target } from "../../src/core/transport.js";
 
 /** A server that answers each request on a connection with the next script's pieces. */
@@ -45,6 +48,10 @@ class RawServer {
       socket.write(Buffer.from(piece, "latin1"));
       await sleep(2);
     }
+  }
+
+  get openSockets(): number {
+    return this.sockets.size;
   }
 
   async start(): Promise<string> {
@@ -258,5 +265,26 @@ describe("abort", () => {
     call.abort();
     expect((await fetchText(url)).text).toBe("ok");
     expect(server.connections).toBe(1);
+  });
+});
+
+describe("the pool", () => {
+  it("closes an idle connection after KEEPALIVE_EXPIRY, not before", async () => {
+    const done = [`${OK}Content-Length: 2\r\n\r\nok`];
+    server = new RawServer([done, done]);
+    const url = await server.start();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      expect((await fetchText(url)).text).toBe("ok");
+      await vi.advanceTimersByTimeAsync(KEEPALIVE_EXPIRY * 1000 - 10);
+      expect((await fetchText(url)).text).toBe("ok"); // reused, and idle from now on again
+      expect(server.connections).toBe(1);
+      await vi.advanceTimersByTimeAsync(KEEPALIVE_EXPIRY * 1000);
+      // Real time only (vi.waitFor would advance the fake clock): the close reaches the server.
+      for (let i = 0; i < 200 && server.openSockets > 0; i++) await realSleep(5);
+      expect(server.openSockets).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

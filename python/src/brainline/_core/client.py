@@ -23,6 +23,7 @@ import httpx
 from .._generated.constants import (
     CONNECT_TIMEOUT_CAP,
     ERROR_BODY_MAX_BYTES,
+    KEEPALIVE_EXPIRY,
     SESSION_KEY_MAX_LENGTH,
     SSE_MAX_EVENT_BYTES,
     WARMUP_TIMEOUT,
@@ -541,7 +542,12 @@ class BaseLLM:
     def _open(self) -> httpx.AsyncClient:
         timeout = self._config.timeout
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP))
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)),
+            # httpx's connection limits, with the spec's idle expiry (httpx: 5 s, which races
+            # the 5 s keep-alive timeout of uvicorn and Node servers).
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
+            ),
         )
         return self._client
 

@@ -11,6 +11,8 @@ USER_AGENT: Final = "brainline/0.1.0"
 """The default User-Agent header."""
 CONNECT_TIMEOUT_CAP: Final = 10
 """Seconds; the connect phase is capped at min(timeout, CONNECT_TIMEOUT_CAP)."""
+KEEPALIVE_EXPIRY: Final = 4
+"""Seconds an idle pooled connection is kept for the next turn; under the 5 s keep-alive timeout of uvicorn (Hermes, LiteLLM) and Node servers, so a server does not close it under a turn."""
 WARMUP_TIMEOUT: Final = 5
 """Seconds; warmup() gives up after this long."""
 SSE_MAX_LINE_BYTES: Final = 1048576

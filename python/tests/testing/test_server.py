@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -503,70 +505,53 @@ def test_invalid_scripts_are_rejected(script: object) -> None:
         compile_script(script)
 
 
+@contextlib.contextmanager
+def _cli(*args: str, stdin: int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
+    """`python -m brainline.testing ARGS` importing this checkout's brainline; killed if still up."""
+    src = Path(brainline.testing.__file__).parents[2]  # the directory brainline imports from
+    with subprocess.Popen(
+        [sys.executable, "-m", "brainline.testing", *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        text=True,
+    ) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 def test_cli_prints_the_url_and_stops_at_stdin_eof(tmp_path: Path) -> None:
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"text": ["from", " cli"]}))
-    src = Path(brainline.testing.__file__).parents[2]  # the directory brainline imports from
-    with subprocess.Popen(
-        [sys.executable, "-m", "brainline.testing", "--port", "0", "--script", str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(src)},
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None and process.stdin is not None
-            url = process.stdout.readline().strip()
-            assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
-            response = httpx.post(url + "/chat/completions", json={})
-            assert '"content":" cli"' in response.text
-            process.stdin.close()
-            assert process.wait(10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with _cli("--port", "0", "--script", str(script)) as process:
+        assert process.stdout is not None and process.stdin is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        response = httpx.post(url + "/chat/completions", json={})
+        assert '"content":" cli"' in response.text
+        process.stdin.close()
+        assert process.wait(10) == 0
 
 
 def test_cli_stops_on_sigterm() -> None:
-    src = Path(brainline.testing.__file__).parents[2]
-    with subprocess.Popen(
-        [sys.executable, "-m", "brainline.testing", "--ignore-stdin"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(src)},
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().strip()
-            demo = httpx.post(url + "/chat/completions", json={})
-            assert "mock server." in demo.text  # the demo turn when there is no script
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with _cli("--ignore-stdin", stdin=subprocess.DEVNULL) as process:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        demo = httpx.post(url + "/chat/completions", json={})
+        assert "mock server." in demo.text  # the demo turn when there is no script
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
 
 
 def test_cli_stopped_by_sigterm_while_watching_stdin_exits_cleanly() -> None:
     """A signal while the stdin watcher waits: no "Fatal Python error" at shutdown."""
-    src = Path(brainline.testing.__file__).parents[2]
-    with subprocess.Popen(
-        [sys.executable, "-m", "brainline.testing"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(src)},
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None and process.stderr is not None
-            assert process.stdout.readline().startswith("http://127.0.0.1:")
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(10) == 0
-            assert "Fatal Python error" not in process.stderr.read()
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with _cli() as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith("http://127.0.0.1:")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert "Fatal Python error" not in process.stderr.read()

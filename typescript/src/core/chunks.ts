@@ -40,7 +40,7 @@ function keepAlive(data: string): boolean {
 const TEXT_SEGMENT = 64;
 
 /** At most max code points of text (Python slices strings the same way). */
-function cut(text: string, max: number): string {
+export function cut(text: string, max: number): string {
   if (text.length <= max) return text;
   let out = "";
   let n = 0;

@@ -6,7 +6,7 @@ import {
   WARMUP_TIMEOUT,
 } from "../generated/constants.js";
 import { BODY_FIELDS, type LLMConfig } from "../generated/options.js";
-import { TurnState } from "./chunks.js";
+import { TurnState, cut } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
 import {
   type Event,
@@ -24,6 +24,7 @@ import {
   CorruptBodyError,
   type Reply,
   Target,
+  joined,
 } from "./transport.js";
 
 /** Per-call options of stream() and complete(). */
@@ -695,7 +696,7 @@ export class BaseLLM {
         // Keep what arrived: the status is what matters.
       }
     }
-    const bytes = concat(parts, Math.min(size, ERROR_BODY_MAX_BYTES));
+    const bytes = joined(parts, Math.min(size, ERROR_BODY_MAX_BYTES));
     const body = new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
     let detail = body;
     try {
@@ -743,7 +744,7 @@ export class BaseLLM {
       }
     }
     exchange.finished = true;
-    return new TextDecoder().decode(concat(parts, size));
+    return new TextDecoder().decode(joined(parts, size));
   }
 }
 
@@ -802,30 +803,6 @@ function isObject(value: unknown): value is Record<string, unknown> {
 function isJsonContentType(contentType: string | null): boolean {
   const type = (contentType ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
   return type === "application/json" || type.endsWith("+json");
-}
-
-/** The first `max` characters (code points, as in Python). */
-function cut(text: string, max: number): string {
-  if (text.length <= max) return text;
-  let out = "";
-  let n = 0;
-  for (const char of text) {
-    if (n++ === max) break;
-    out += char;
-  }
-  return out;
-}
-
-function concat(parts: readonly Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const part of parts) {
-    if (at >= size) break;
-    const piece = part.subarray(0, size - at);
-    out.set(piece, at);
-    at += piece.byteLength;
-  }
-  return out;
 }
 
 function hasProgress(events: readonly Event[]): boolean {

@@ -204,12 +204,15 @@ export class Body {
   }
 }
 
-function joined(pieces: readonly Uint8Array[], size: number): Uint8Array {
+/** The first `size` bytes of `pieces`, in one array. */
+export function joined(pieces: readonly Uint8Array[], size: number): Uint8Array {
   const out = new Uint8Array(size);
   let at = 0;
   for (const piece of pieces) {
-    out.set(piece, at);
-    at += piece.length;
+    const n = Math.min(piece.length, size - at);
+    out.set(n === piece.length ? piece : piece.subarray(0, n), at);
+    at += n;
+    if (at === size) break;
   }
   return out;
 }
@@ -262,6 +265,8 @@ export class Call {
   private remaining = 0;
   private chunkState: ChunkState = "size";
   private trailerBytes = 0;
+  /** The minor HTTP version of the answer (1.0 or 1.1). */
+  private minor = 1;
   private reusable = false;
   private keepAliveMs = KEEP_ALIVE_MS;
 
@@ -420,8 +425,6 @@ export class Call {
       return rest;
     }
   }
-
-  private minor = 1;
 
   private parseStatus(line: string): number {
     const match = STATUS_LINE.exec(line);
@@ -686,9 +689,9 @@ class Connection {
   ) {
     socket.setNoDelay(true);
     socket.on("data", this.onData);
-    socket.on("end", this.onEnd);
+    socket.on("end", this.onClosed);
     socket.on("error", this.onError);
-    socket.on("close", this.onClose);
+    socket.on("close", this.onClosed);
   }
 
   /** An idle connection to `target`'s origin, most recently used first. */
@@ -743,31 +746,22 @@ class Connection {
 
   private readonly onData = (chunk: Buffer): void => {
     const call = this.call;
-    if (call === undefined)
+    if (call === undefined) {
       this.destroy(); // an idle connection must say nothing
-    else call.receive(plain(chunk));
+    } else {
+      call.receive(plain(chunk));
+    }
   };
 
-  private readonly onEnd = (): void => {
-    const call = this.call;
-    this.call = undefined;
-    this.destroy();
-    call?.closed(undefined);
-  };
+  /** The server ended the connection ("end"), or it closed ("close"). */
+  private readonly onClosed = (): void => this.ended(undefined);
+  private readonly onError = (err: Error): void => this.ended(err);
 
-  private readonly onError = (err: Error): void => {
+  /** The server closed the connection or it failed: out of the pool, and its call is told. */
+  private ended(err: Error | undefined): void {
     const call = this.call;
     this.call = undefined;
     this.destroy();
     call?.closed(err);
-  };
-
-  private readonly onClose = (): void => {
-    const call = this.call;
-    this.call = undefined;
-    this.dead = true;
-    this.leaveIdle();
-    this.removeFromPool();
-    call?.closed(undefined);
-  };
+  }
 }

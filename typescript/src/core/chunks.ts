@@ -3,7 +3,8 @@ import type { FinishReason, Event, ProgressEvent, ToolCallEvent } from "./events
 
 type JsonObject = Record<string, unknown>;
 
-function isObject(value: unknown): value is JsonObject {
+/** A JSON object: not null, not an array. */
+export function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 

@@ -6,7 +6,7 @@ import {
   WARMUP_TIMEOUT,
 } from "../generated/constants.js";
 import { BODY_FIELDS, type LLMConfig } from "../generated/options.js";
-import { TurnState, cut } from "./chunks.js";
+import { TurnState, cut, isObject } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
 import {
   type Event,
@@ -794,10 +794,6 @@ function setHeader(headers: [string, string][], name: string, value: string): vo
   const at = headers.findIndex(([existing]) => existing.toLowerCase() === lower);
   if (at === -1) headers.push([name, value]);
   else headers[at] = [name, value];
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 function isJsonContentType(contentType: string | null): boolean {

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .ir import Option, Provider, Spec
+from .naming import camel
 
 # A valid value per option name or type, used to satisfy required options.
 SAMPLE_BY_NAME: dict[str, Any] = {
@@ -33,7 +34,22 @@ EXAMPLE_PARAMS: dict[str, Any] = {
     "length": 300,
     "choices": ["caller_hash"],
     "pattern": "^[a-z]+$",
+    "class_name": "CustomLLM",
 }
+# Per-code replacements of EXAMPLE_PARAMS, where the generic value would read badly.
+EXAMPLE_PARAMS_BY_CODE: dict[str, dict[str, Any]] = {
+    "unknown_option": {"value": "apikey", "detail": '; did you mean "apiKey"?'},
+}
+# Option names a class does not define: (label, Python keyword, TypeScript key, the option it
+# probably meant or None). Python refuses them with TypeError, TypeScript with unknown_option.
+UNKNOWN_OPTIONS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("lowercase", "apikey", "apikey", "api_key"),
+    ("transposed", "api_kye", "apiKye", "api_key"),
+    ("other_language", "baseUrl", "base_url", "base_url"),
+    ("misspelled", "timout", "timout", "timeout"),
+    ("bogus", "bogus", "bogus", None),
+)
+UNKNOWN_VALUE = "sk-never-echoed"
 WRONG_TYPE: dict[str, Any] = {
     "string": 42,
     "number": "fast",
@@ -52,7 +68,7 @@ FROM_ENV = "from-env"
 @dataclass(frozen=True)
 class Case:
     id: str
-    kind: str  # "provider_key" | "config" | "config_error" | "error_message"
+    kind: str  # "provider_key" | "config" | "config_error" | "unknown_option" | "error_message"
     provider: Provider | None = None
     args: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -62,6 +78,10 @@ class Case:
         default_factory=dict
     )  # message params (option in Python spelling)
     class_name: str = ""
+    # kind "unknown_option": the key as passed in (Python, TypeScript), on top of args, and its
+    # value; params then fill the TypeScript message (Python raises TypeError naming the key)
+    unknown: tuple[str, str] = ("", "")
+    unknown_value: Any = None
 
 
 def _base_args(p: Provider) -> dict[str, Any]:
@@ -355,6 +375,35 @@ def _rule_cases(p: Provider, o: Option, spec: Spec) -> list[Case]:
     return out
 
 
+def _unknown_option_cases(p: Provider) -> list[Case]:
+    base = _base_args(p)
+
+    def case(
+        label: str,
+        args: dict[str, Any],
+        keys: tuple[str, str],
+        meant: str | None,
+        value: Any = UNKNOWN_VALUE,
+    ) -> Case:
+        detail = f'; did you mean "{camel(meant)}"?' if meant else ""
+        return Case(
+            f"{p.module}/unknown_option/{label}",
+            "unknown_option",
+            p,
+            args,
+            code="unknown_option",
+            params={"class_name": p.class_name, "value": keys[1], "detail": detail},
+            unknown=keys,
+            unknown_value=value,
+        )
+
+    out = [case(label, base, (py, ts), meant) for label, py, ts, meant in UNKNOWN_OPTIONS]
+    # a typo is a typo even without a value; and it is refused before any other check
+    out.append(case("bogus_undefined", base, ("bogus", "bogus"), None, None))
+    out.append(case("checked_first", {"timeout": "fast"}, ("bogus", "bogus"), None))
+    return out
+
+
 def build_cases(spec: Spec) -> list[Case]:
     cases: list[Case] = []
     for p in spec.providers:
@@ -362,8 +411,10 @@ def build_cases(spec: Spec) -> list[Case]:
         cases += _default_cases(p)
         for o in p.arguments:
             cases += _rule_cases(p, o, spec)
+        cases += _unknown_option_cases(p)
     for e in spec.errors:
-        params = {k: EXAMPLE_PARAMS[k] for k in e.params if k != "null"}
+        example = {**EXAMPLE_PARAMS, **EXAMPLE_PARAMS_BY_CODE.get(e.code, {})}
+        params = {k: example[k] for k in e.params if k != "null"}
         cases.append(
             Case(
                 f"errors/{e.code}",

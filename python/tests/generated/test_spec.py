@@ -948,6 +948,62 @@ def test_cerebras__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_cerebras__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_cerebras__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_cerebras__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_cerebras__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_cerebras__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_cerebras__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_cerebras__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CerebrasLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_custom__provider_key() -> None:
     assert brainline.CustomLLM.provider_key == "custom"
     assert custom.LLM is brainline.CustomLLM
@@ -2254,6 +2310,100 @@ def test_custom__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_custom__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "apikey": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_custom__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "api_kye": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_custom__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "baseUrl": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_custom__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "timout": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_custom__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "bogus": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_custom__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "bogus": None},
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_custom__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.CustomLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_deepseek__provider_key() -> None:
     assert brainline.DeepSeekLLM.provider_key == "deepseek"
     assert deepseek.LLM is brainline.DeepSeekLLM
@@ -3140,6 +3290,62 @@ def test_deepseek__validate__tool_choice__type() -> None:
         _construct(brainline.DeepSeekLLM, {"model": "test-model", "tool_choice": 42})
     assert info.value.code == "invalid_type"
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
+
+
+def test_deepseek__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_deepseek__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_deepseek__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_deepseek__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_deepseek__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_deepseek__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_deepseek__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.DeepSeekLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
 
 
 def test_fireworks__provider_key() -> None:
@@ -4042,6 +4248,62 @@ def test_fireworks__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_fireworks__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_fireworks__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_fireworks__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_fireworks__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_fireworks__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_fireworks__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_fireworks__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.FireworksLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_groq__provider_key() -> None:
     assert brainline.GroqLLM.provider_key == "groq"
     assert groq.LLM is brainline.GroqLLM
@@ -4911,6 +5173,62 @@ def test_groq__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_groq__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_groq__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_groq__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_groq__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_groq__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_groq__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_groq__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.GroqLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_hermes__provider_key() -> None:
     assert brainline.HermesLLM.provider_key == "hermes"
     assert hermes.LLM is brainline.HermesLLM
@@ -5772,6 +6090,62 @@ def test_hermes__validate__tool_choice__type() -> None:
         _construct(brainline.HermesLLM, {"tool_choice": 42})
     assert info.value.code == "invalid_type"
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
+
+
+def test_hermes__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_hermes__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_hermes__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_hermes__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_hermes__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_hermes__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_hermes__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.HermesLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
 
 
 def test_litellm__provider_key() -> None:
@@ -6679,6 +7053,62 @@ def test_litellm__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_litellm__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_litellm__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_litellm__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_litellm__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_litellm__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_litellm__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_litellm__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_llamacpp__provider_key() -> None:
     assert brainline.LlamaCppLLM.provider_key == "llamacpp"
     assert llamacpp.LLM is brainline.LlamaCppLLM
@@ -7565,6 +7995,62 @@ def test_llamacpp__validate__tool_choice__type() -> None:
         _construct(brainline.LlamaCppLLM, {"model": "test-model", "tool_choice": 42})
     assert info.value.code == "invalid_type"
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
+
+
+def test_llamacpp__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_llamacpp__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_llamacpp__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_llamacpp__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_llamacpp__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_llamacpp__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_llamacpp__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LlamaCppLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
 
 
 def test_lmstudio__provider_key() -> None:
@@ -8462,6 +8948,62 @@ def test_lmstudio__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_lmstudio__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_lmstudio__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_lmstudio__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_lmstudio__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_lmstudio__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_lmstudio__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_lmstudio__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.LMStudioLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_mistral__provider_key() -> None:
     assert brainline.MistralLLM.provider_key == "mistral"
     assert mistral.LLM is brainline.MistralLLM
@@ -9343,6 +9885,62 @@ def test_mistral__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_mistral__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_mistral__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_mistral__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_mistral__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_mistral__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_mistral__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_mistral__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.MistralLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_ollama__provider_key() -> None:
     assert brainline.OllamaLLM.provider_key == "ollama"
     assert ollama.LLM is brainline.OllamaLLM
@@ -10221,6 +10819,62 @@ def test_ollama__validate__tool_choice__type() -> None:
         _construct(brainline.OllamaLLM, {"model": "test-model", "tool_choice": 42})
     assert info.value.code == "invalid_type"
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
+
+
+def test_ollama__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_ollama__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_ollama__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_ollama__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_ollama__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_ollama__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_ollama__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OllamaLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
 
 
 def test_openai_compatible__provider_key() -> None:
@@ -11570,6 +12224,100 @@ def test_openai_compatible__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_openai_compatible__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "apikey": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_openai_compatible__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "api_kye": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_openai_compatible__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "baseUrl": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_openai_compatible__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "timout": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_openai_compatible__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "bogus": "sk-never-echoed",
+            },
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_openai_compatible__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "bogus": None},
+        )
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_openai_compatible__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenAICompatibleLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_openclaw__provider_key() -> None:
     assert brainline.OpenClawLLM.provider_key == "openclaw"
     assert openclaw.LLM is brainline.OpenClawLLM
@@ -12482,6 +13230,62 @@ def test_openclaw__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_openclaw__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_openclaw__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_openclaw__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_openclaw__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_openclaw__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_openclaw__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_openclaw__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenClawLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_openrouter__provider_key() -> None:
     assert brainline.OpenRouterLLM.provider_key == "openrouter"
     assert openrouter.LLM is brainline.OpenRouterLLM
@@ -13391,6 +14195,62 @@ def test_openrouter__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_openrouter__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_openrouter__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_openrouter__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_openrouter__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_openrouter__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_openrouter__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_openrouter__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.OpenRouterLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_together__provider_key() -> None:
     assert brainline.TogetherLLM.provider_key == "together"
     assert together.LLM is brainline.TogetherLLM
@@ -14279,6 +15139,62 @@ def test_together__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_together__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_together__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_together__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_together__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_together__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_together__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_together__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.TogetherLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_vllm__provider_key() -> None:
     assert brainline.VLLMLLM.provider_key == "vllm"
     assert vllm.LLM is brainline.VLLMLLM
@@ -15148,6 +16064,62 @@ def test_vllm__validate__tool_choice__type() -> None:
     assert str(info.value) == "tool_choice must be a string or an object, got 42"
 
 
+def test_vllm__unknown_option__lowercase() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "apikey": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'apikey'" in str(info.value)
+
+
+def test_vllm__unknown_option__transposed() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "api_kye": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'api_kye'" in str(info.value)
+
+
+def test_vllm__unknown_option__other_language() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "baseUrl": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'baseUrl'" in str(info.value)
+
+
+def test_vllm__unknown_option__misspelled() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "timout": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'timout'" in str(info.value)
+
+
+def test_vllm__unknown_option__bogus() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_vllm__unknown_option__bogus_undefined() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "bogus": None})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
+def test_vllm__unknown_option__checked_first() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError) as info:
+        _construct(brainline.VLLMLLM, {"timeout": "fast", "bogus": "sk-never-echoed"})
+    assert not isinstance(info.value, brainline.BrainlineError)
+    assert "got an unexpected keyword argument 'bogus'" in str(info.value)
+
+
 def test_errors__missing_option() -> None:
     err = make_error("missing_option", **{"option": "timeout"})
     assert type(err).__name__ == "ConfigError"
@@ -15291,6 +16263,17 @@ def test_errors__invalid_tools() -> None:
     assert isinstance(err, brainline.BrainlineError)
     assert err.code == "invalid_tools"
     assert str(err) == "tools must be a list of tool objects"
+
+
+def test_errors__unknown_option() -> None:
+    err = make_error(
+        "unknown_option",
+        **{"class_name": "CustomLLM", "value": "apikey", "detail": '; did you mean "apiKey"?'},
+    )
+    assert type(err).__name__ == "ConfigError"
+    assert isinstance(err, brainline.BrainlineError)
+    assert err.code == "unknown_option"
+    assert str(err) == 'CustomLLM got an unknown option "apikey"; did you mean "apiKey"?'
 
 
 def test_errors__connection_error() -> None:

@@ -1,7 +1,7 @@
 // Option checks the generated constructors call, one per spec rule; python/src/brainline/_core/validate.py
 // mirrors them. Every check ignores a missing value (undefined or null): `requireOption` refuses one.
 
-import { makeError } from "./errors.js";
+import { formatValue, makeError } from "./errors.js";
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/; // RFC 9110 token
 const FORBIDDEN_IN_HEADER = /[\r\n\0]/;
@@ -37,6 +37,73 @@ export function checkOptions(options: unknown): void {
   if (!isPlainObject(options)) {
     throw makeError("invalid_type", { option: "options", expected: "an object", value: options });
   }
+}
+
+/**
+ * Every key of `options` must be one of `known`, the option names of `className`: JavaScript has no
+ * compiler to catch `apikey` for `apiKey`, and an ignored key would go unnoticed (a keyless client).
+ * A key whose value is undefined is refused too. Python refuses an unknown keyword with its own
+ * TypeError, so this check has no Python twin (docs/runtime.md).
+ */
+export function checkKnownOptions(
+  options: object,
+  known: ReadonlySet<string>,
+  className: string,
+): void {
+  for (const name of Object.keys(options)) {
+    if (known.has(name)) continue;
+    const meant = closestName(name, known);
+    const detail = meant === undefined ? "" : `; did you mean ${formatValue(meant)}?`;
+    throw makeError("unknown_option", { class_name: className, value: name, detail });
+  }
+}
+
+/**
+ * The name in `known` that `name` was probably meant to be: the same letters ignoring case, `_` and
+ * `-` (`base_url` -> `baseUrl`), else the closest by edit distance when that is at most 2 and at most
+ * a third of the name's length (`timout` -> `timeout`); the first in `known`'s order on a tie.
+ */
+export function closestName(name: string, known: Iterable<string>): string | undefined {
+  const wanted = loose(name);
+  let best: string | undefined;
+  let bestDistance = Math.min(2, Math.floor(wanted.length / 3)) + 1;
+  for (const candidate of known) {
+    const distance = editDistance(wanted, loose(candidate));
+    if (distance === 0) return candidate;
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+function loose(name: string): string {
+  return name.toLowerCase().replace(/[_-]/g, "");
+}
+
+/** Damerau-Levenshtein distance, optimal string alignment: edits and adjacent swaps count 1. */
+function editDistance(a: string, b: string): number {
+  let before: number[] = [];
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(
+        (previous[j] ?? 0) + 1,
+        (row[j - 1] ?? 0) + 1,
+        (previous[j - 1] ?? 0) + cost,
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d = Math.min(d, (before[j - 2] ?? 0) + 1);
+      }
+      row.push(d);
+    }
+    before = previous;
+    previous = row;
+  }
+  return previous[b.length] ?? 0;
 }
 
 /** The argument when given, else the env var when set and non-empty, else the default. */

@@ -77,16 +77,55 @@ export interface CerebrasLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link CerebrasLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "model",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * Cerebras' hosted OpenAI-compatible API.
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class CerebrasLLM extends BaseLLM {
   static override readonly providerKey: string = "cerebras";
 
   constructor(options: CerebrasLLMOptions) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "CerebrasLLM");
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv ?? "CEREBRAS_API_KEY";
     const baseUrl = options.baseUrl ?? "https://api.cerebras.ai/v1";

@@ -41,6 +41,7 @@ export const ERRORS = {
     "messages must be a non-empty list of message objects, each with a string role",
   ],
   invalid_tools: ["ConfigError", "tools must be a list of tool objects"],
+  unknown_option: ["ConfigError", "{class_name} got an unknown option {value}{detail}"],
   connection_error: ["APIConnectionError", "could not connect to {url}"],
   connect_timeout: ["APITimeoutError", "no connection to {url} within {timeout} s"],
   read_timeout: ["APITimeoutError", "no data from {url} for {timeout} s"],

@@ -77,16 +77,55 @@ export interface HermesLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link HermesLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "model",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * Hermes agent API server. Each call id continues one Hermes conversation (X-Hermes-Session-Id); an optional memory-scope key (X-Hermes-Session-Key) carries memory across calls, for example per caller with session_key_from="caller_hash".
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class HermesLLM extends BaseLLM {
   static override readonly providerKey: string = "hermes";
 
   constructor(options: HermesLLMOptions = {}) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "HermesLLM");
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv ?? "API_SERVER_KEY";
     const baseUrl = options.baseUrl ?? "http://127.0.0.1:8642/v1";

@@ -77,16 +77,55 @@ export interface LiteLLMProxyLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link LiteLLMProxyLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "model",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * A LiteLLM proxy on its default port, with a virtual or master key.
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class LiteLLMProxyLLM extends BaseLLM {
   static override readonly providerKey: string = "litellm";
 
   constructor(options: LiteLLMProxyLLMOptions) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "LiteLLMProxyLLM");
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv ?? "LITELLM_API_KEY";
     const baseUrl = options.baseUrl ?? "http://127.0.0.1:4000/v1";

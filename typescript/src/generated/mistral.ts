@@ -77,16 +77,55 @@ export interface MistralLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link MistralLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "model",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * Mistral's hosted API (OpenAI-compatible chat completions; it rejects `streamOptions`, so it is off).
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class MistralLLM extends BaseLLM {
   static override readonly providerKey: string = "mistral";
 
   constructor(options: MistralLLMOptions) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "MistralLLM");
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv ?? "MISTRAL_API_KEY";
     const baseUrl = options.baseUrl ?? "https://api.mistral.ai/v1";

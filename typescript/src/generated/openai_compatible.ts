@@ -77,16 +77,55 @@ export interface OpenAICompatibleLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link OpenAICompatibleLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "model",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * Streams any OpenAI-compatible /chat/completions endpoint: hosted APIs, local gateways (Ollama, vLLM, LM Studio, llama.cpp) or your own service.
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class OpenAICompatibleLLM extends BaseLLM {
   static override readonly providerKey: string = "openai_compatible";
 
   constructor(options: OpenAICompatibleLLMOptions) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "OpenAICompatibleLLM");
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv;
     const baseUrl = options.baseUrl;

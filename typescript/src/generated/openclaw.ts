@@ -77,16 +77,55 @@ export interface OpenClawLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link OpenClawLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "agent",
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * OpenClaw gateway's OpenAI-compatible endpoint. The agent id becomes the model (`openclaw/<agent>`, or passed through when it already contains ':' or '/').
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class OpenClawLLM extends BaseLLM {
   static override readonly providerKey: string = "openclaw";
 
   constructor(options: OpenClawLLMOptions) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "OpenClawLLM");
     const agent = options.agent;
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv ?? ["OPENCLAW_API_KEY", "OPENCLAW_GATEWAY_TOKEN"];

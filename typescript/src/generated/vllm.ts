@@ -77,16 +77,55 @@ export interface VLLMLLMOptions {
   toolChoice?: string | Readonly<Record<string, unknown>>;
 }
 
+/** The option names {@link VLLMLLM} takes; the constructor refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  "apiKey",
+  "apiKeyEnv",
+  "baseUrl",
+  "model",
+  "timeout",
+  "firstTokenTimeout",
+  "idleTimeout",
+  "totalTimeout",
+  "maxRetries",
+  "retryBudget",
+  "streamOptions",
+  "maxTokensField",
+  "extraBody",
+  "extraQuery",
+  "reasoning",
+  "extraHeaders",
+  "userAgent",
+  "sessionUserPrefix",
+  "sessionIdHeader",
+  "sessionIdPrefix",
+  "sessionKeyHeader",
+  "sessionKey",
+  "sessionKeyFactory",
+  "sessionKeyFrom",
+  "temperature",
+  "maxTokens",
+  "topP",
+  "frequencyPenalty",
+  "presencePenalty",
+  "stop",
+  "seed",
+  "responseFormat",
+  "parallelToolCalls",
+  "toolChoice",
+]);
+
 /**
  * A vLLM server (`vllm serve`) on its default port; the key is the one given to `--api-key`, if any.
  *
- * @throws {ConfigError} an option is missing, of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, missing, of the wrong type or out of range.
  */
 export class VLLMLLM extends BaseLLM {
   static override readonly providerKey: string = "vllm";
 
   constructor(options: VLLMLLMOptions) {
     v.checkOptions(options);
+    v.checkKnownOptions(options, OPTION_NAMES, "VLLMLLM");
     const apiKey = options.apiKey;
     const apiKeyEnv = options.apiKeyEnv ?? "VLLM_API_KEY";
     const baseUrl = options.baseUrl ?? "http://127.0.0.1:8000/v1";

@@ -1034,6 +1034,77 @@ test("test_cerebras__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_cerebras__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CerebrasLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_cerebras__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CerebrasLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_cerebras__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CerebrasLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_cerebras__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CerebrasLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_cerebras__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('CerebrasLLM got an unknown option "bogus"');
+});
+
+test("test_cerebras__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('CerebrasLLM got an unknown option "bogus"');
+});
+
+test("test_cerebras__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('CerebrasLLM got an unknown option "bogus"');
+});
+
 test("test_custom__provider_key", () => {
   expect(brainline.CustomLLM.providerKey).toBe("custom");
   expect(brainline.custom.LLM).toBe(brainline.CustomLLM);
@@ -2485,6 +2556,101 @@ test("test_custom__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_custom__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      apikey: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CustomLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_custom__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      apiKye: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CustomLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_custom__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      base_url: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CustomLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_custom__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      timout: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'CustomLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_custom__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      bogus: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('CustomLLM got an unknown option "bogus"');
+});
+
+test("test_custom__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      bogus: undefined,
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('CustomLLM got an unknown option "bogus"');
+});
+
+test("test_custom__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('CustomLLM got an unknown option "bogus"');
+});
+
 test("test_deepseek__provider_key", () => {
   expect(brainline.DeepSeekLLM.providerKey).toBe("deepseek");
   expect(brainline.deepseek.LLM).toBe(brainline.DeepSeekLLM);
@@ -3460,6 +3626,77 @@ test("test_deepseek__validate__tool_choice__type", () => {
   expect(err).toBeInstanceOf(brainline.ConfigError);
   expect((err as brainline.ConfigError).code).toBe("invalid_type");
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
+});
+
+test("test_deepseek__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'DeepSeekLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_deepseek__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'DeepSeekLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_deepseek__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'DeepSeekLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_deepseek__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'DeepSeekLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_deepseek__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('DeepSeekLLM got an unknown option "bogus"');
+});
+
+test("test_deepseek__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('DeepSeekLLM got an unknown option "bogus"');
+});
+
+test("test_deepseek__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('DeepSeekLLM got an unknown option "bogus"');
 });
 
 test("test_fireworks__provider_key", () => {
@@ -4443,6 +4680,77 @@ test("test_fireworks__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_fireworks__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'FireworksLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_fireworks__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'FireworksLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_fireworks__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'FireworksLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_fireworks__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'FireworksLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_fireworks__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('FireworksLLM got an unknown option "bogus"');
+});
+
+test("test_fireworks__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('FireworksLLM got an unknown option "bogus"');
+});
+
+test("test_fireworks__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('FireworksLLM got an unknown option "bogus"');
+});
+
 test("test_groq__provider_key", () => {
   expect(brainline.GroqLLM.providerKey).toBe("groq");
   expect(brainline.groq.LLM).toBe(brainline.GroqLLM);
@@ -5387,6 +5695,75 @@ test("test_groq__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_groq__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'GroqLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_groq__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'GroqLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_groq__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'GroqLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_groq__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'GroqLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_groq__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('GroqLLM got an unknown option "bogus"');
+});
+
+test("test_groq__unknown_option__bogus_undefined", () => {
+  const err = thrown(() => construct(brainline.GroqLLM, { model: "test-model", bogus: undefined }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('GroqLLM got an unknown option "bogus"');
+});
+
+test("test_groq__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('GroqLLM got an unknown option "bogus"');
+});
+
 test("test_hermes__provider_key", () => {
   expect(brainline.HermesLLM.providerKey).toBe("hermes");
   expect(brainline.hermes.LLM).toBe(brainline.HermesLLM);
@@ -6239,6 +6616,65 @@ test("test_hermes__validate__tool_choice__type", () => {
   expect(err).toBeInstanceOf(brainline.ConfigError);
   expect((err as brainline.ConfigError).code).toBe("invalid_type");
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
+});
+
+test("test_hermes__unknown_option__lowercase", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { apikey: "sk-never-echoed" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'HermesLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_hermes__unknown_option__transposed", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { apiKye: "sk-never-echoed" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'HermesLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_hermes__unknown_option__other_language", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { base_url: "sk-never-echoed" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'HermesLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_hermes__unknown_option__misspelled", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { timout: "sk-never-echoed" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'HermesLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_hermes__unknown_option__bogus", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { bogus: "sk-never-echoed" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('HermesLLM got an unknown option "bogus"');
+});
+
+test("test_hermes__unknown_option__bogus_undefined", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { bogus: undefined }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('HermesLLM got an unknown option "bogus"');
+});
+
+test("test_hermes__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.HermesLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('HermesLLM got an unknown option "bogus"');
 });
 
 test("test_litellm__provider_key", () => {
@@ -7240,6 +7676,77 @@ test("test_litellm__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_litellm__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LiteLLMProxyLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_litellm__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LiteLLMProxyLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_litellm__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LiteLLMProxyLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_litellm__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LiteLLMProxyLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_litellm__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LiteLLMProxyLLM got an unknown option "bogus"');
+});
+
+test("test_litellm__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LiteLLMProxyLLM got an unknown option "bogus"');
+});
+
+test("test_litellm__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LiteLLMProxyLLM got an unknown option "bogus"');
+});
+
 test("test_llamacpp__provider_key", () => {
   expect(brainline.LlamaCppLLM.providerKey).toBe("llamacpp");
   expect(brainline.llamacpp.LLM).toBe(brainline.LlamaCppLLM);
@@ -8215,6 +8722,77 @@ test("test_llamacpp__validate__tool_choice__type", () => {
   expect(err).toBeInstanceOf(brainline.ConfigError);
   expect((err as brainline.ConfigError).code).toBe("invalid_type");
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
+});
+
+test("test_llamacpp__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LlamaCppLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_llamacpp__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LlamaCppLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_llamacpp__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LlamaCppLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_llamacpp__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LlamaCppLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_llamacpp__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LlamaCppLLM got an unknown option "bogus"');
+});
+
+test("test_llamacpp__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LlamaCppLLM got an unknown option "bogus"');
+});
+
+test("test_llamacpp__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LlamaCppLLM got an unknown option "bogus"');
 });
 
 test("test_lmstudio__provider_key", () => {
@@ -9204,6 +9782,77 @@ test("test_lmstudio__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_lmstudio__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LMStudioLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_lmstudio__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LMStudioLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_lmstudio__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LMStudioLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_lmstudio__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'LMStudioLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_lmstudio__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LMStudioLLM got an unknown option "bogus"');
+});
+
+test("test_lmstudio__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LMStudioLLM got an unknown option "bogus"');
+});
+
+test("test_lmstudio__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('LMStudioLLM got an unknown option "bogus"');
+});
+
 test("test_mistral__provider_key", () => {
   expect(brainline.MistralLLM.providerKey).toBe("mistral");
   expect(brainline.mistral.LLM).toBe(brainline.MistralLLM);
@@ -10172,6 +10821,77 @@ test("test_mistral__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_mistral__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'MistralLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_mistral__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'MistralLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_mistral__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'MistralLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_mistral__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'MistralLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_mistral__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('MistralLLM got an unknown option "bogus"');
+});
+
+test("test_mistral__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('MistralLLM got an unknown option "bogus"');
+});
+
+test("test_mistral__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('MistralLLM got an unknown option "bogus"');
+});
+
 test("test_ollama__provider_key", () => {
   expect(brainline.OllamaLLM.providerKey).toBe("ollama");
   expect(brainline.ollama.LLM).toBe(brainline.OllamaLLM);
@@ -11135,6 +11855,77 @@ test("test_ollama__validate__tool_choice__type", () => {
   expect(err).toBeInstanceOf(brainline.ConfigError);
   expect((err as brainline.ConfigError).code).toBe("invalid_type");
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
+});
+
+test("test_ollama__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OllamaLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_ollama__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OllamaLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_ollama__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OllamaLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_ollama__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OllamaLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_ollama__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OllamaLLM got an unknown option "bogus"');
+});
+
+test("test_ollama__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OllamaLLM got an unknown option "bogus"');
+});
+
+test("test_ollama__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OllamaLLM got an unknown option "bogus"');
 });
 
 test("test_openai_compatible__provider_key", () => {
@@ -12596,6 +13387,101 @@ test("test_openai_compatible__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_openai_compatible__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      apikey: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenAICompatibleLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_openai_compatible__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      apiKye: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenAICompatibleLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_openai_compatible__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      base_url: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenAICompatibleLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_openai_compatible__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      timout: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenAICompatibleLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_openai_compatible__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      bogus: "sk-never-echoed",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenAICompatibleLLM got an unknown option "bogus"');
+});
+
+test("test_openai_compatible__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      bogus: undefined,
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenAICompatibleLLM got an unknown option "bogus"');
+});
+
+test("test_openai_compatible__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenAICompatibleLLM got an unknown option "bogus"');
+});
+
 test("test_openclaw__provider_key", () => {
   expect(brainline.OpenClawLLM.providerKey).toBe("openclaw");
   expect(brainline.openclaw.LLM).toBe(brainline.OpenClawLLM);
@@ -13579,6 +14465,77 @@ test("test_openclaw__validate__tool_choice__type", () => {
   expect(err).toBeInstanceOf(brainline.ConfigError);
   expect((err as brainline.ConfigError).code).toBe("invalid_type");
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
+});
+
+test("test_openclaw__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenClawLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_openclaw__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenClawLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_openclaw__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenClawLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_openclaw__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenClawLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_openclaw__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenClawLLM got an unknown option "bogus"');
+});
+
+test("test_openclaw__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenClawLLM got an unknown option "bogus"');
+});
+
+test("test_openclaw__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenClawLLM got an unknown option "bogus"');
 });
 
 test("test_openrouter__provider_key", () => {
@@ -14570,6 +15527,77 @@ test("test_openrouter__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_openrouter__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenRouterLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_openrouter__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenRouterLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_openrouter__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenRouterLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_openrouter__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'OpenRouterLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_openrouter__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenRouterLLM got an unknown option "bogus"');
+});
+
+test("test_openrouter__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenRouterLLM got an unknown option "bogus"');
+});
+
+test("test_openrouter__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('OpenRouterLLM got an unknown option "bogus"');
+});
+
 test("test_together__provider_key", () => {
   expect(brainline.TogetherLLM.providerKey).toBe("together");
   expect(brainline.together.LLM).toBe(brainline.TogetherLLM);
@@ -15547,6 +16575,77 @@ test("test_together__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_together__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'TogetherLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_together__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'TogetherLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_together__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'TogetherLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_together__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'TogetherLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_together__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('TogetherLLM got an unknown option "bogus"');
+});
+
+test("test_together__unknown_option__bogus_undefined", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", bogus: undefined }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('TogetherLLM got an unknown option "bogus"');
+});
+
+test("test_together__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('TogetherLLM got an unknown option "bogus"');
+});
+
 test("test_vllm__provider_key", () => {
   expect(brainline.VLLMLLM.providerKey).toBe("vllm");
   expect(brainline.vllm.LLM).toBe(brainline.VLLMLLM);
@@ -16491,6 +17590,75 @@ test("test_vllm__validate__tool_choice__type", () => {
   expect((err as Error).message).toBe("toolChoice must be a string or an object, got 42");
 });
 
+test("test_vllm__unknown_option__lowercase", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", apikey: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'VLLMLLM got an unknown option "apikey"; did you mean "apiKey"?',
+  );
+});
+
+test("test_vllm__unknown_option__transposed", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", apiKye: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'VLLMLLM got an unknown option "apiKye"; did you mean "apiKey"?',
+  );
+});
+
+test("test_vllm__unknown_option__other_language", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", base_url: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'VLLMLLM got an unknown option "base_url"; did you mean "baseUrl"?',
+  );
+});
+
+test("test_vllm__unknown_option__misspelled", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", timout: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'VLLMLLM got an unknown option "timout"; did you mean "timeout"?',
+  );
+});
+
+test("test_vllm__unknown_option__bogus", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('VLLMLLM got an unknown option "bogus"');
+});
+
+test("test_vllm__unknown_option__bogus_undefined", () => {
+  const err = thrown(() => construct(brainline.VLLMLLM, { model: "test-model", bogus: undefined }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('VLLMLLM got an unknown option "bogus"');
+});
+
+test("test_vllm__unknown_option__checked_first", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { timeout: "fast", bogus: "sk-never-echoed" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe('VLLMLLM got an unknown option "bogus"');
+});
+
 test("test_errors__missing_option", () => {
   const err = makeError("missing_option", { option: "timeout" });
   expect(err.constructor.name).toBe("ConfigError");
@@ -16635,6 +17803,18 @@ test("test_errors__invalid_tools", () => {
   expect(err).toBeInstanceOf(brainline.BrainlineError);
   expect(err.code).toBe("invalid_tools");
   expect(err.message).toBe("tools must be a list of tool objects");
+});
+
+test("test_errors__unknown_option", () => {
+  const err = makeError("unknown_option", {
+    class_name: "CustomLLM",
+    value: "apikey",
+    detail: '; did you mean "apiKey"?',
+  });
+  expect(err.constructor.name).toBe("ConfigError");
+  expect(err).toBeInstanceOf(brainline.BrainlineError);
+  expect(err.code).toBe("unknown_option");
+  expect(err.message).toBe('CustomLLM got an unknown option "apikey"; did you mean "apiKey"?');
 });
 
 test("test_errors__connection_error", () => {

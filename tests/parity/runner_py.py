@@ -383,6 +383,7 @@ async def _run_call(llm: Any, call: Mapping[str, Any], records: _Records) -> dic
             fired_at.append(time.monotonic())
 
     timer = None
+    started = time.monotonic()
     if cancel_spec is not None:
         kwargs["cancel_event"] = cancel_event
         if cancel_spec.get("before"):
@@ -403,6 +404,8 @@ async def _run_call(llm: Any, call: Mapping[str, Any], records: _Records) -> dic
     except Exception as exc:
         result["error"] = error_info(exc)
     ended = time.monotonic()
+    if "within_ms" in call:
+        result["in_time"] = (ended - started) * 1000 <= call["within_ms"]
     if timer is not None:
         timer.cancel()
     if cancel_spec is not None:

@@ -195,6 +195,7 @@ async function runCall(mod, llm, call, records) {
     }
   };
   let timer = null;
+  const started = performance.now();
   if (cancel) {
     opts.signal = controller.signal;
     if (cancel.before) fire();
@@ -217,6 +218,7 @@ async function runCall(mod, llm, call, records) {
     result.error = errorInfo(mod, err);
   }
   const ended = performance.now();
+  if ("within_ms" in call) result.in_time = ended - started <= call.within_ms;
   if (timer !== null) clearTimeout(timer);
   if (cancel) {
     result.cancel = {

@@ -39,6 +39,21 @@ async def keepalives(w: asyncio.StreamWriter) -> None:
         await asyncio.sleep(0.1)
 
 
+async def text_then_keepalives(w: asyncio.StreamWriter) -> None:
+    """One token, then keep-alive comments every 100 ms, forever."""
+    w.write(SSE_HEAD + b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n')
+    await keepalives(w)
+
+
+async def progress_only(w: asyncio.StreamWriter) -> None:
+    """Hermes tool-progress events every 200 ms, forever, and never a token."""
+    w.write(SSE_HEAD)
+    while True:
+        w.write(b'event: hermes.tool.progress\ndata: {"tool_call_id":"t1"}\n\n')
+        await w.drain()
+        await asyncio.sleep(0.2)
+
+
 async def endless_line(w: asyncio.StreamWriter) -> None:
     """One data line that never ends, as fast as the client reads."""
     w.write(SSE_HEAD + b"data: ")
@@ -100,12 +115,23 @@ CASES: dict[str, tuple[Writer, dict[str, Any], str, float]] = {
     "trickle_total": (trickle, {"total_timeout": 2}, "total_timeout", 4),
     "trickle_first_token": (trickle, {"first_token_timeout": 1.5}, "first_token_timeout", 3.5),
     "keepalives": (keepalives, {"first_token_timeout": 1}, "first_token_timeout", 3),
+    # Default options, `timeout` only: the progress clocks take its value (within timeout + 1 s).
+    "default_trickle": (trickle, {"timeout": 2}, "first_token_timeout", 3),
+    "default_keepalives": (keepalives, {"timeout": 2}, "first_token_timeout", 3),
+    "default_keepalives_after_text": (
+        text_then_keepalives,
+        {"timeout": 2},
+        "idle_timeout",
+        3,
+    ),
+    "default_progress_only": (progress_only, {"timeout": 2}, "first_token_timeout", 3),
     "endless_line": (endless_line, {}, "too_large", 10),
     "endless_event": (endless_event, {}, "too_large", 10),
     "big_json_body": (_big_body(b"200 OK", b"application/json"), {}, "too_large", 10),
     "big_error_body": (_big_body(b"500 Oops", b"text/plain"), {}, "http_status", 10),
     "endless_headers": (endless_headers, {}, "connection_error", 10),
     "slow_headers": (slow_headers, {"timeout": 1.5}, "read_timeout", 3.5),
+    "default_slow_headers": (slow_headers, {"timeout": 1}, "read_timeout", 2),
 }
 
 

@@ -175,20 +175,53 @@ async def test_first_token_clock_ignores_keepalives_and_trickling_bytes() -> Non
     assert 0.35 <= elapsed < 1.5
 
 
-async def test_the_consumer_holding_an_event_does_not_fail_the_turn_early() -> None:
-    # The caller takes 0.5 s over each event: the idle clock (0.3 s) runs out meanwhile, so the
-    # next wait (a read) fails at once, but never while the caller holds an event.
-    both = {"concat": [CHUNK, CHUNK]}  # one read: both events are yielded before the next wait
-    async with MockServer({"sse": [both], "stall": 1}) as url:
+async def test_time_the_consumer_holds_an_event_does_not_count() -> None:
+    # The caller takes 0.5 s over each event while the server streams one every 0.1 s: the idle
+    # clock (0.3 s) counts only the waits for the network, so the turn completes.
+    pieces = [CHUNK] * 4 + ["data: [DONE]\n\n"]
+    async with MockServer({"sse": pieces, "delay_ms": 100}) as url:
+        llm = make_llm(url, timeout=5.0, idle_timeout=0.3, first_token_timeout=0.3)
+        seen: list[Event] = []
+        async for event in llm.stream(MESSAGES):
+            seen.append(event)
+            await asyncio.sleep(0.5)
+        await llm.aclose()
+    assert [e["type"] for e in seen] == ["text"] * 4 + ["finish"]
+
+
+async def test_the_idle_clock_runs_again_once_the_consumer_asks_for_more() -> None:
+    # Two events in one read, then silence: the caller's 0.5 s over each does not count, the
+    # wait after them does: idle_timeout about 0.3 s after the caller asked for the next event.
+    both = {"concat": [CHUNK, CHUNK]}
+    async with MockServer({"sse": [both, ": keepalive\n\n"], "delay_ms": 50, "stall": 2}) as url:
         llm = make_llm(url, timeout=5.0, idle_timeout=0.3)
         seen: list[Event] = []
+        asked_at = 0.0
         with pytest.raises(APITimeoutError) as info:
             async for event in llm.stream(MESSAGES):
                 seen.append(event)
                 await asyncio.sleep(0.5)
+                asked_at = time.monotonic()
+        waited = time.monotonic() - asked_at
         await llm.aclose()
     assert info.value.code == "idle_timeout"
     assert [e["type"] for e in seen] == ["text", "text"]
+    assert 0.2 <= waited < 0.8
+
+
+async def test_unset_progress_clocks_take_timeout() -> None:
+    # Keep-alives every 0.1 s and never a token: with only `timeout` set (1 s), the first-token
+    # clock ends the turn at timeout + PROGRESS_CLOCK_GRACE, naming `timeout`.
+    async with MockServer({"sse": [": keepalive\n\n"] * 60, "delay_ms": 100}) as url:
+        llm = make_llm(url, timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as info:
+            await collect(llm.stream(MESSAGES))
+        elapsed = time.monotonic() - started
+        await llm.aclose()
+    assert info.value.code == "first_token_timeout"
+    assert str(info.value) == f"no first token from {url}/chat/completions within 1 s"
+    assert 1.2 <= elapsed < 2.0
 
 
 async def test_one_timer_per_turn_not_one_per_read(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,7 @@
 import {
   CONNECT_TIMEOUT_CAP,
   ERROR_BODY_MAX_BYTES,
+  PROGRESS_CLOCK_GRACE,
   SESSION_KEY_MAX_LENGTH,
   SSE_MAX_EVENT_BYTES,
   WARMUP_TIMEOUT,
@@ -55,7 +56,10 @@ type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
 /**
  * One turn: its current attempt's request (a new Call per attempt), the caller's signal that
  * cancels it, and the one timer that bounds each wait (for the headers, then for every read) to
- * `timeout` and the turn to its first-token, idle and total clocks.
+ * `timeout` and the turn to its first-token, idle and total clocks. The progress clocks
+ * (first-token, then idle) always run: unset, each is `timeout` plus PROGRESS_CLOCK_GRACE. They
+ * count only the time brainline waits: what the caller spends holding an event (between two
+ * reads) moves them on.
  */
 class Exchange {
   /** This attempt's request, once sent. */
@@ -68,7 +72,6 @@ class Exchange {
   clock: ClockCode | undefined = undefined;
   /** The body was read to its end: nothing to abort, the connection went back to the pool. */
   finished = false;
-  readonly watchesProgress: boolean;
   private timer: ReturnType<typeof setTimeout> | undefined = undefined;
   private armedAt = Infinity;
   private deadline = 0;
@@ -76,6 +79,10 @@ class Exchange {
   private totalAt: number;
   private phaseAt: number;
   private phase: ClockCode = "first_token_timeout";
+  /** How long the idle clock runs, in ms. */
+  private readonly idleSpan: number;
+  /** When the last read returned (0: a read is under way, or none yet). */
+  private pausedAt = 0;
   /** Ends a retry's wait early. */
   private wake: (() => void) | undefined = undefined;
 
@@ -87,16 +94,19 @@ class Exchange {
     signal?.addEventListener("abort", this.cancel);
     const now = Date.now();
     this.totalAt = config.totalTimeout == null ? Infinity : now + config.totalTimeout * 1000;
+    const unset = (config.timeout + PROGRESS_CLOCK_GRACE) * 1000;
     this.phaseAt =
-      config.firstTokenTimeout == null ? Infinity : now + config.firstTokenTimeout * 1000;
-    this.watchesProgress = config.firstTokenTimeout != null || config.idleTimeout != null;
+      now + (config.firstTokenTimeout == null ? unset : config.firstTokenTimeout * 1000);
+    this.idleSpan = config.idleTimeout == null ? unset : config.idleTimeout * 1000;
   }
 
   /** A chunk carried text, a tool call or reasoning: the idle clock starts over. */
   progress(): void {
     this.phase = "idle_timeout";
-    const idle = this.config.idleTimeout;
-    this.phaseAt = idle == null ? Infinity : Date.now() + idle * 1000;
+    const now = Date.now();
+    this.phaseAt = now + this.idleSpan;
+    // The caller held earlier events of this read: that is past.
+    if (this.pausedAt !== 0) this.pausedAt = now;
     // A timer armed for an earlier deadline re-arms itself for this one when it fires; one armed
     // for a later one (a read, the total, a longer first-token clock) is dropped: the next wait
     // arms one for this deadline.
@@ -119,9 +129,8 @@ class Exchange {
     const timeout =
       code === "total_timeout"
         ? config.totalTimeout
-        : code === "first_token_timeout"
-          ? config.firstTokenTimeout
-          : config.idleTimeout;
+        : ((code === "first_token_timeout" ? config.firstTokenTimeout : config.idleTimeout) ??
+          config.timeout);
     return makeError(code, { url, timeout });
   }
 
@@ -178,6 +187,11 @@ class Exchange {
   startWait(bounded = true): void {
     this.waiting = true;
     const now = Date.now();
+    if (this.pausedAt !== 0) {
+      // The caller's time since the last read does not count against the progress clock.
+      if (this.phaseAt !== Infinity) this.phaseAt += now - this.pausedAt;
+      this.pausedAt = 0;
+    }
     this.deadline = bounded ? now + this.ms : Infinity;
     const clock = this.turnClock(now);
     if (clock !== undefined) {
@@ -227,6 +241,7 @@ class Exchange {
       return await body.read();
     } finally {
       this.waiting = false;
+      this.pausedAt = Date.now();
     }
   }
 
@@ -351,9 +366,7 @@ export class BaseLLM {
             break stream;
           }
           const events = state.feedEvent(sse.event, sse.data);
-          if (exchange.watchesProgress && (hasProgress(events) || state.takeDropped())) {
-            exchange.progress();
-          }
+          if (hasProgress(events) || state.takeDropped()) exchange.progress();
           for (let j = 0; j < events.length; j++) {
             if (exchange.cancelled) return;
             yield events[j] as Event;
@@ -452,10 +465,14 @@ export class BaseLLM {
     }
   }
 
-  /** End the turns still running (as if cancelled). The instance stays usable. */
+  /**
+   * End the turns still running (as if cancelled) and close the idle keep-alive connections to
+   * this endpoint, as Python's aclose() closes its pool. The instance stays usable.
+   */
   async close(): Promise<void> {
     for (const exchange of this.active) exchange.cancel();
     this.active.clear();
+    this.target?.closeIdle();
   }
 
   /**
@@ -499,7 +516,14 @@ export class BaseLLM {
       if (response === undefined) {
         const failure = error as BrainlineError;
         if (failure.code !== "connection_error" || retries >= config.maxRetries) throw failure;
-        wait = Math.min(RETRY_BACKOFF * 2 ** retries, budget);
+        const call = exchange.call;
+        if (call === undefined || call.connecting) {
+          wait = Math.min(RETRY_BACKOFF * 2 ** retries, budget); // no connection: the server is down
+        } else if (call.reused && !call.answered) {
+          wait = 0; // a pooled connection the server had closed
+        } else {
+          throw failure; // a fresh connection took the request: it may have run
+        }
       } else {
         if (response.status >= 200 && response.status <= 299) return response;
         const failure = (await this.statusError(response, exchange, this.url)) as APIStatusError;

@@ -75,6 +75,11 @@ export class Target {
     this.servername = net.isIP(this.hostname) ? undefined : this.hostname;
   }
 
+  /** Close the idle keep-alive connections to this origin (those in use finish first). */
+  closeIdle(): void {
+    for (const connection of [...(idle.get(this.origin) ?? [])]) connection.destroy();
+  }
+
   /** Rejects when `url` does not parse. */
   static async of(url: string): Promise<Target> {
     const parsed = new URL(url);
@@ -245,6 +250,10 @@ export class Call {
   connecting = false;
   /** The connect phase outlasted `connectMs`. */
   connectTimedOut = false;
+  /** The request went out on a pooled keep-alive connection (not one opened for it). */
+  readonly reused: boolean;
+  /** Some byte of an answer arrived. */
+  answered = false;
   private connection: Connection | undefined;
   private resolveReply!: (reply: Reply | PromiseLike<Reply>) => void;
   private rejectReply!: (err: Error) => void;
@@ -301,7 +310,9 @@ export class Call {
       this.resolveReply = resolve;
       this.rejectReply = reject;
     });
-    const connection = Connection.take(target) ?? this.open(target);
+    const pooled = Connection.take(target);
+    this.reused = pooled !== undefined;
+    const connection = pooled ?? this.open(target);
     this.connection = connection;
     connection.start(this);
     const socket = connection.socket;
@@ -363,6 +374,7 @@ export class Call {
     try {
       let rest = data;
       if (this.phase === "head") {
+        this.answered = true;
         const afterHead = this.parseHead(data);
         if (afterHead === undefined) return;
         rest = afterHead;

@@ -41,19 +41,19 @@ export const OPTIONS: ReadonlyArray<CliOption> = [
     name: "timeout",
     flag: "--timeout",
     type: "number",
-    doc: "Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10).",
+    doc: "Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Unless `firstTokenTimeout` / `idleTimeout` say otherwise, also the longest wait for the first progress and between two progress chunks, so no server holds a turn longer than this without progress, whatever bytes it sends.",
   },
   {
     name: "firstTokenTimeout",
     flag: "--first-token-timeout",
     type: "number",
-    doc: "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only.",
+    doc: "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count, nor time the caller spends holding an event. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it).",
   },
   {
     name: "idleTimeout",
     flag: "--idle-timeout",
     type: "number",
-    doc: "Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only.",
+    doc: "Seconds allowed between two progress chunks once the first has arrived (keep-alives and time the caller spends holding an event do not count). Unset: `timeout`.",
   },
   {
     name: "totalTimeout",

@@ -6,6 +6,8 @@ export const VERSION = "0.1.0";
 export const USER_AGENT = "brainline/0.1.0";
 /** Seconds; the connect phase is capped at min(timeout, CONNECT_TIMEOUT_CAP). */
 export const CONNECT_TIMEOUT_CAP = 10;
+/** Seconds; an unset first_token_timeout or idle_timeout runs for `timeout` plus this, so that a plain silence is still named read_timeout (or connect_timeout) at `timeout`, and only a wait that keeps receiving bytes without progress is named by the progress clock. */
+export const PROGRESS_CLOCK_GRACE = 0.25;
 /** Seconds an idle pooled connection is kept for the next turn; under the 5 s keep-alive timeout of uvicorn (Hermes, LiteLLM) and Node servers, so a server does not close it under a turn. */
 export const KEEPALIVE_EXPIRY = 4;
 /** Seconds; warmup() gives up after this long. */

@@ -15,11 +15,11 @@ export interface LlamaCppLLMOptions {
   baseUrl?: string;
   /** Model name sent in every request. */
   model: string;
-  /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Default: 60. */
+  /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Unless `firstTokenTimeout` / `idleTimeout` say otherwise, also the longest wait for the first progress and between two progress chunks, so no server holds a turn longer than this without progress, whatever bytes it sends. Default: 60. */
   timeout?: number;
-  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only. */
+  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count, nor time the caller spends holding an event. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it). */
   firstTokenTimeout?: number;
-  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only. */
+  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives and time the caller spends holding an event do not count). Unset: `timeout`. */
   idleTimeout?: number;
   /** Seconds the whole turn may take, from the request to the last event; unset: no limit. */
   totalTimeout?: number;

@@ -1312,15 +1312,50 @@ describe("turn clocks", () => {
     }
   });
 
-  it("never fails while the caller holds an event; the next wait fails at once", async () => {
+  it("does not count the time the caller holds an event", async () => {
+    // One event every 100 ms while the caller takes 500 ms over each: the idle clock (300 ms)
+    // counts only the waits for the network, so the turn completes.
+    server.handler = serve([...Array<string>(4).fill(textChunk("x")), DONE], 100);
+    const client = llm({ timeout: 5, idleTimeout: 0.3, firstTokenTimeout: 0.3 });
+    const { events, error } = await collect(client.stream(MESSAGES), () => sleep(500));
+    expect(error).toBeUndefined();
+    expect(events.map((e) => e.type)).toEqual(["text", "text", "text", "text", "finish"]);
+  });
+
+  it("runs the idle clock again once the caller asks for more", async () => {
     server.handler = async (_req, res) => {
       sseHead(res);
-      res.write(textChunk("a") + textChunk("b")); // then nothing
+      res.write(textChunk("a") + textChunk("b")); // one read, then a keep-alive, then nothing
+      await sleep(50);
+      res.write(": keepalive\n\n");
     };
     const client = llm({ timeout: 5, idleTimeout: 0.3 });
-    const { events, error } = await collect(client.stream(MESSAGES), () => sleep(500));
+    let askedAt = 0;
+    const { events, error } = await collect(client.stream(MESSAGES), async () => {
+      await sleep(500);
+      askedAt = performance.now();
+    });
+    const waited = performance.now() - askedAt;
     expect(events.map((e) => e.type)).toEqual(["text", "text"]);
     expect((error as APITimeoutError).code).toBe("idle_timeout");
+    expect(waited).toBeGreaterThanOrEqual(200);
+    expect(waited).toBeLessThan(800);
+  });
+
+  it("gives unset progress clocks the value of timeout", async () => {
+    // Keep-alives every 100 ms and never a token: with only `timeout` (1 s), the first-token
+    // clock ends the turn at timeout + PROGRESS_CLOCK_GRACE, naming `timeout`.
+    server.handler = serve(Array<string>(60).fill(": keepalive\n\n"), 100);
+    const client = llm({ timeout: 1 });
+    const started = performance.now();
+    const { error } = await collect(client.stream(MESSAGES));
+    const elapsed = performance.now() - started;
+    expect((error as APITimeoutError).code).toBe("first_token_timeout");
+    expect((error as Error).message).toBe(
+      `no first token from ${server.baseUrl}/chat/completions within 1 s`,
+    );
+    expect(elapsed).toBeGreaterThanOrEqual(1200);
+    expect(elapsed).toBeLessThan(2000);
   });
 
   it("uses one timer per turn, not one per read", async () => {

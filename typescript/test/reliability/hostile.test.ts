@@ -37,6 +37,17 @@ const keepalives: Writer = async (s) => {
   while (await send(s, ": keep-alive\n\n")) await sleep(100);
 };
 
+const textThenKeepalives: Writer = async (s) => {
+  await send(s, `${SSE_HEAD}data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n`);
+  while (await send(s, ": keep-alive\n\n")) await sleep(100);
+};
+
+const progressOnly: Writer = async (s) => {
+  await send(s, SSE_HEAD);
+  const event = 'event: hermes.tool.progress\ndata: {"tool_call_id":"t1"}\n\n';
+  while (await send(s, event)) await sleep(200);
+};
+
 const endlessLine: Writer = async (s) => {
   await send(s, `${SSE_HEAD}data: `);
   const block = Buffer.alloc(64 * 1024, "x");
@@ -75,12 +86,18 @@ const CASES: Record<string, [Writer, Record<string, number>, string, number]> = 
   trickle_total: [trickle, { totalTimeout: 2 }, "total_timeout", 4],
   trickle_first_token: [trickle, { firstTokenTimeout: 1.5 }, "first_token_timeout", 3.5],
   keepalives: [keepalives, { firstTokenTimeout: 1 }, "first_token_timeout", 3],
+  // Default options, `timeout` only: the progress clocks take its value (within timeout + 1 s).
+  default_trickle: [trickle, { timeout: 2 }, "first_token_timeout", 3],
+  default_keepalives: [keepalives, { timeout: 2 }, "first_token_timeout", 3],
+  default_keepalives_after_text: [textThenKeepalives, { timeout: 2 }, "idle_timeout", 3],
+  default_progress_only: [progressOnly, { timeout: 2 }, "first_token_timeout", 3],
   endless_line: [endlessLine, {}, "too_large", 10],
   endless_event: [endlessEvent, {}, "too_large", 10],
   big_json_body: [bigBody("200 OK", "application/json"), {}, "too_large", 10],
   big_error_body: [bigBody("500 Oops", "text/plain"), {}, "http_status", 10],
   endless_headers: [endlessHeaders, {}, "connection_error", 10],
   slow_headers: [slowHeaders, { timeout: 1.5 }, "read_timeout", 3.5],
+  default_slow_headers: [slowHeaders, { timeout: 1 }, "read_timeout", 2],
 };
 
 async function serve(write: Writer): Promise<[string, () => Promise<void>]> {

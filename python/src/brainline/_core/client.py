@@ -24,6 +24,7 @@ from .._generated.constants import (
     CONNECT_TIMEOUT_CAP,
     ERROR_BODY_MAX_BYTES,
     KEEPALIVE_EXPIRY,
+    PROGRESS_CLOCK_GRACE,
     SESSION_KEY_MAX_LENGTH,
     SSE_MAX_EVENT_BYTES,
     WARMUP_TIMEOUT,
@@ -174,14 +175,16 @@ class _Barge:
 class _Deadline:
     """The first-token, idle and total clocks of one turn, on one timer (loop.call_at).
 
-    When a clock runs out while the turn waits on the network (or between retries), the timer
-    cancels the task running it, as _Barge does, and stream() raises the APITimeoutError naming
-    the clock. When it runs out while the caller holds an event, nothing happens then: the next
-    read checks the clocks first (`due`) and fails at once, as TypeScript's next wait does.
+    The progress clocks (first-token, then idle) always run: unset, each is `timeout` plus
+    PROGRESS_CLOCK_GRACE. They count only the time brainline waits: what the caller spends holding
+    an event (between two reads) moves them on. When a clock runs out while the turn waits on the
+    network (or between retries), the timer cancels the task running it, as _Barge does, and
+    stream() raises the APITimeoutError naming the clock. When the total clock runs out while the
+    caller holds an event, nothing happens then: the next read checks the clocks first (`due`) and
+    fails at once, as TypeScript's next wait does.
     """
 
     __slots__ = (
-        "active",
         "armed_at",
         "at_yield",
         "cancelled_task",
@@ -189,28 +192,33 @@ class _Deadline:
         "first",
         "handle",
         "idle",
+        "idle_span",
         "loop",
+        "paused_at",
         "phase",
         "phase_at",
         "stopped",
         "task",
         "total",
         "total_at",
-        "watches_progress",
     )
 
     def __init__(self, config: LLMConfig) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         now = self.loop.time()
-        self.first = config.first_token_timeout
-        self.idle = config.idle_timeout
+        timeout = config.timeout
+        first, idle = config.first_token_timeout, config.idle_timeout
+        # What the errors name, and how long each progress clock runs.
+        self.first = timeout if first is None else first
+        self.idle = timeout if idle is None else idle
+        first_span = timeout + PROGRESS_CLOCK_GRACE if first is None else first
+        self.idle_span = timeout + PROGRESS_CLOCK_GRACE if idle is None else idle
         self.total = config.total_timeout
         self.total_at = math.inf if self.total is None else now + self.total
-        self.phase_at = math.inf if self.first is None else now + self.first
+        self.phase_at = now + first_span
         self.phase = "first_token_timeout"
-        self.watches_progress = self.first is not None or self.idle is not None
-        self.active = self.watches_progress or self.total is not None
+        self.paused_at = math.inf
         self.at_yield = False
         self.stopped = False
         self.fired: str | None = None
@@ -222,7 +230,10 @@ class _Deadline:
     def progress(self) -> None:
         """A chunk carried text, a tool call or reasoning: the idle clock starts over."""
         self.phase = "idle_timeout"
-        self.phase_at = math.inf if self.idle is None else self.loop.time() + self.idle
+        now = self.loop.time()
+        self.phase_at = now + self.idle_span
+        if self.paused_at < now:  # the caller held earlier events of this read: that is past
+            self.paused_at = now
         # A timer armed for an earlier deadline re-arms itself for this one when it fires; one
         # armed for a later one (the total, or a longer first-token clock) is moved up, once.
         if self.handle is not None and self.phase_at < self.armed_at:
@@ -233,8 +244,6 @@ class _Deadline:
     def resume(self) -> None:
         """Back from a yield."""
         self.at_yield = False
-        if not self.active:
-            return
         self.task = asyncio.current_task()
         if self.handle is None:
             self._arm()
@@ -245,9 +254,18 @@ class _Deadline:
             self.armed_at = at
             self.handle = self.loop.call_at(at, self._fire)
 
+    def read_done(self) -> None:
+        """A read returned: until the next one, the caller's time does not count."""
+        self.paused_at = self.loop.time()
+
     def due(self) -> bool:
-        """Before a read: True when a clock ran out meanwhile (TypeScript checks the same)."""
+        """Before a read: True when a clock ran out meanwhile (TypeScript checks the same).
+
+        The progress clock first moves on by the time since the last read returned."""
         now = self.loop.time()
+        if self.paused_at < now:
+            self.phase_at += now - self.paused_at
+        self.paused_at = math.inf
         if now >= self.total_at:
             self.fired = "total_timeout"
         elif now >= self.phase_at:
@@ -381,7 +399,7 @@ class BaseLLM:
             decoder = SSEDecoder()
             done = end = False
             while not end:
-                if deadline.active and deadline.due():
+                if deadline.due():
                     raise deadline.error(self._url)
                 try:
                     chunk: bytes | None = await anext(raw)
@@ -389,6 +407,7 @@ class BaseLLM:
                     chunk = None
                 except _BODY_ERRORS as exc:
                     raise self._body_error(exc, state) from exc
+                deadline.read_done()
                 end = chunk is None
                 for sse in decoder.flush() if chunk is None else decoder.decode(chunk):
                     data = sse.data
@@ -396,9 +415,7 @@ class BaseLLM:
                         done = True
                         break
                     events = state.feed_event(sse.event, data)
-                    if deadline.watches_progress and (
-                        _has_progress(events) or state.take_dropped()
-                    ):
+                    if _has_progress(events) or state.take_dropped():
                         deadline.progress()
                     for event in events:
                         if barge is not None:
@@ -578,7 +595,12 @@ class BaseLLM:
                 error = self._transport_error(exc)
                 if error.code != "connection_error" or retries >= config.max_retries:
                     raise error from exc
-                wait = min(_RETRY_BACKOFF * 2.0**retries, budget)
+                if isinstance(exc, httpx.ConnectError):  # no connection: the server is down
+                    wait = min(_RETRY_BACKOFF * 2.0**retries, budget)
+                elif _stale_connection(exc):  # a pooled connection the server had closed
+                    wait = 0.0
+                else:  # a fresh connection took the request: it may have run
+                    raise error from exc
             else:
                 if 200 <= response.status_code < 300:
                     return response
@@ -842,6 +864,31 @@ def _check_call_arguments(
             raise make_error("invalid_type", option=option, expected="a string", value=value)
     if call_id and _HEADER_UNSAFE.search(cast(str, call_id)):
         raise make_error("invalid_header_value", option="call_id")
+
+
+def _stale_connection(exc: httpx.TransportError) -> bool:
+    """Whether a request failed on a reused keep-alive connection before any byte of an answer:
+    the race with a server closing an idle connection, where the request never ran.
+
+    httpx does not say whether the connection was reused; httpcore's HTTP/1.1 connection, found
+    in the traceback of the error httpx maps, counts its requests and holds what it received.
+    Anything it cannot tell is not stale: a request that may have run is never sent twice.
+    """
+    tb = exc.__cause__.__traceback__ if exc.__cause__ is not None else None
+    while tb is not None:
+        connection: Any = tb.tb_frame.f_locals.get("self")
+        if type(connection).__name__ == "AsyncHTTP11Connection":
+            state: Any = getattr(connection, "_h11_state", None)
+            try:
+                return bool(
+                    connection._request_count > 1
+                    and getattr(state.their_state, "__name__", "") == "SEND_RESPONSE"
+                    and not state.trailing_data[0]
+                )
+            except AttributeError:
+                return False
+        tb = tb.tb_next
+    return False
 
 
 def _encode_headers(headers: _HeaderList) -> list[tuple[bytes, bytes]]:

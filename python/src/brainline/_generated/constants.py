@@ -11,6 +11,8 @@ USER_AGENT: Final = "brainline/0.1.0"
 """The default User-Agent header."""
 CONNECT_TIMEOUT_CAP: Final = 10
 """Seconds; the connect phase is capped at min(timeout, CONNECT_TIMEOUT_CAP)."""
+PROGRESS_CLOCK_GRACE: Final = 0.25
+"""Seconds; an unset first_token_timeout or idle_timeout runs for `timeout` plus this, so that a plain silence is still named read_timeout (or connect_timeout) at `timeout`, and only a wait that keeps receiving bytes without progress is named by the progress clock."""
 KEEPALIVE_EXPIRY: Final = 4
 """Seconds an idle pooled connection is kept for the next turn; under the 5 s keep-alive timeout of uvicorn (Hermes, LiteLLM) and Node servers, so a server does not close it under a turn."""
 WARMUP_TIMEOUT: Final = 5

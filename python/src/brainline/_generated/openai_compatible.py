@@ -20,9 +20,9 @@ class OpenAICompatibleLLM(BaseLLM):
         api_key_env: Name of the environment variable to read the key from when `api_key` is not given, or a list of names tried in order (the first non-empty one wins).
         base_url: Base URL of the OpenAI-compatible API, up to and including `/v1`; requests go to `{base_url}/chat/completions`.
         model: Model name sent in every request.
-        timeout: Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Default: 60.
-        first_token_timeout: Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: bounded by `timeout` only.
-        idle_timeout: Seconds allowed between two progress chunks once the first has arrived (keep-alives do not count). Unset: bounded by `timeout` only.
+        timeout: Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Unless `first_token_timeout` / `idle_timeout` say otherwise, also the longest wait for the first progress and between two progress chunks, so no server holds a turn longer than this without progress, whatever bytes it sends. Default: 60.
+        first_token_timeout: Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count, nor time the caller spends holding an event. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it).
+        idle_timeout: Seconds allowed between two progress chunks once the first has arrived (keep-alives and time the caller spends holding an event do not count). Unset: `timeout`.
         total_timeout: Seconds the whole turn may take, from the request to the last event; unset: no limit.
         max_retries: Retries of a request that failed before its first byte with a connection error or HTTP 429, 502, 503 or 504, within `retry_budget`. Never a retry after an event was yielded. Default: 1.
         retry_budget: Seconds of waiting before retries, in all, for one turn; a Retry-After beyond what is left fails at once with the APIStatusError and its `retry_after`. Default: 2.

@@ -62,6 +62,7 @@ _RESPONSE_KEYS = frozenset(
         "delay_ms",
         "stall",
         "drop_after",
+        "drop_before_headers",
         "drop_reset",
         "keep_alive",
     }
@@ -98,6 +99,7 @@ class _Response:
     delay: float
     stall: int | None
     drop_after: int | None
+    drop_before_headers: bool
     drop_reset: bool
     keep_alive: bool
 
@@ -352,6 +354,9 @@ def _compile_response(spec: object, where: str) -> _Response:
             raise ScriptError(
                 f"{where}: {key} is a piece count between 0 and {len(pieces)} (0 = after headers)"
             )
+    drop_before_headers = spec.get("drop_before_headers", False)
+    if not isinstance(drop_before_headers, bool):
+        raise ScriptError(f"{where}: drop_before_headers is true or false")
     return _Response(
         status=status,
         headers=tuple(headers),
@@ -361,6 +366,7 @@ def _compile_response(spec: object, where: str) -> _Response:
         delay=_ms(spec, "delay_ms", where),
         stall=stall,
         drop_after=spec.get("drop_after"),
+        drop_before_headers=drop_before_headers,
         drop_reset=bool(spec.get("drop_reset", False)),
         keep_alive=bool(spec.get("keep_alive", True)),
     )
@@ -920,6 +926,11 @@ class MockServer:
     ) -> bool:
         """Write one response; returns whether the connection may carry another request."""
         await conn.sleep(response.delay_before_headers)
+        if response.drop_before_headers:  # the request was read; not one byte of an answer
+            request.dropped = True
+            request.finished_at = time.monotonic()
+            conn.close(reset=response.drop_reset)
+            return False
         pieces = response.pieces
         keep_alive = response.keep_alive and response.transfer != "close"
         lines = [f"HTTP/1.1 {response.status} {_reason(response.status)}"]

@@ -201,7 +201,7 @@ def _rule_cases(p: Provider, o: Option, spec: Spec) -> list[Case]:
             p,
             f"{pre}/type",
             {**base, o.name: bad},
-            "invalid_type",
+            "invalid_secret_type" if o.secret else "invalid_type",
             option=o.name,
             expected=o.expected,
             value=bad,

@@ -48,7 +48,7 @@ def checks(o: Option) -> list[tuple[str, list[Any]]]:
     calls: list[tuple[str, list[Any]]] = []
     if o.required:
         calls.append(("require_option", []))
-    calls.append(("check_type", [o.type, o.expected]))
+    calls.append(("check_secret_type" if o.secret else "check_type", [o.type, o.expected]))
     if r.minimum is not None and r.maximum is not None:
         calls.append(("check_range", [r.minimum, r.maximum]))
     elif r.minimum is not None:

@@ -250,8 +250,11 @@ def test_cerebras__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cerebras__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.CerebrasLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_cerebras__validate__api_key__header_value() -> None:
@@ -689,8 +692,11 @@ def test_cerebras__validate__session_key_header__header_name() -> None:
 def test_cerebras__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.CerebrasLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_cerebras__validate__session_key__header_value() -> None:
@@ -1278,8 +1284,11 @@ def test_custom__validate__api_key__type() -> None:
             brainline.CustomLLM,
             {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "api_key": 42},
         )
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_custom__validate__api_key__header_value() -> None:
@@ -1927,8 +1936,11 @@ def test_custom__validate__session_key__type() -> None:
             brainline.CustomLLM,
             {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "session_key": 42},
         )
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_custom__validate__session_key__header_value() -> None:
@@ -2594,8 +2606,11 @@ def test_deepseek__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_deepseek__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.DeepSeekLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_deepseek__validate__api_key__header_value() -> None:
@@ -3033,8 +3048,11 @@ def test_deepseek__validate__session_key_header__header_name() -> None:
 def test_deepseek__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.DeepSeekLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_deepseek__validate__session_key__header_value() -> None:
@@ -3538,8 +3556,11 @@ def test_fireworks__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fireworks__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.FireworksLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_fireworks__validate__api_key__header_value() -> None:
@@ -3985,8 +4006,11 @@ def test_fireworks__validate__session_key_header__header_name() -> None:
 def test_fireworks__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.FireworksLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_fireworks__validate__session_key__header_value() -> None:
@@ -4494,8 +4518,11 @@ def test_groq__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_groq__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.GroqLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_groq__validate__api_key__header_value() -> None:
@@ -4920,8 +4947,11 @@ def test_groq__validate__session_key_header__header_name() -> None:
 def test_groq__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.GroqLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_groq__validate__session_key__header_value() -> None:
@@ -5436,8 +5466,11 @@ def test_hermes__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hermes__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.HermesLLM, {"api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_hermes__validate__api_key__header_value() -> None:
@@ -5843,8 +5876,11 @@ def test_hermes__validate__session_key_header__header_name() -> None:
 def test_hermes__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.HermesLLM, {"session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_hermes__validate__session_key__header_value() -> None:
@@ -6338,8 +6374,11 @@ def test_litellm__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_litellm__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_litellm__validate__api_key__header_value() -> None:
@@ -6793,8 +6832,11 @@ def test_litellm__validate__session_key_header__header_name() -> None:
 def test_litellm__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_litellm__validate__session_key__header_value() -> None:
@@ -7299,8 +7341,11 @@ def test_llamacpp__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_llamacpp__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LlamaCppLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_llamacpp__validate__api_key__header_value() -> None:
@@ -7738,8 +7783,11 @@ def test_llamacpp__validate__session_key_header__header_name() -> None:
 def test_llamacpp__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LlamaCppLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_llamacpp__validate__session_key__header_value() -> None:
@@ -8250,8 +8298,11 @@ def test_lmstudio__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_lmstudio__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LMStudioLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_lmstudio__validate__api_key__header_value() -> None:
@@ -8689,8 +8740,11 @@ def test_lmstudio__validate__session_key_header__header_name() -> None:
 def test_lmstudio__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LMStudioLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_lmstudio__validate__session_key__header_value() -> None:
@@ -9194,8 +9248,11 @@ def test_mistral__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_mistral__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.MistralLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_mistral__validate__api_key__header_value() -> None:
@@ -9628,8 +9685,11 @@ def test_mistral__validate__session_key_header__header_name() -> None:
 def test_mistral__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.MistralLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_mistral__validate__session_key__header_value() -> None:
@@ -10138,8 +10198,11 @@ def test_ollama__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_ollama__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OllamaLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_ollama__validate__api_key__header_value() -> None:
@@ -10566,8 +10629,11 @@ def test_ollama__validate__session_key_header__header_name() -> None:
 def test_ollama__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OllamaLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_ollama__validate__session_key__header_value() -> None:
@@ -11151,8 +11217,11 @@ def test_openai_compatible__validate__api_key__type() -> None:
             brainline.OpenAICompatibleLLM,
             {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "api_key": 42},
         )
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_openai_compatible__validate__api_key__header_value() -> None:
@@ -11825,8 +11894,11 @@ def test_openai_compatible__validate__session_key__type() -> None:
             brainline.OpenAICompatibleLLM,
             {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "session_key": 42},
         )
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_openai_compatible__validate__session_key__header_value() -> None:
@@ -12570,8 +12642,11 @@ def test_openclaw__validate__agent__pattern_empty() -> None:
 def test_openclaw__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenClawLLM, {"agent": "support", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_openclaw__validate__api_key__header_value() -> None:
@@ -12977,8 +13052,11 @@ def test_openclaw__validate__session_key_header__header_name() -> None:
 def test_openclaw__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenClawLLM, {"agent": "support", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_openclaw__validate__session_key__header_value() -> None:
@@ -13476,8 +13554,11 @@ def test_openrouter__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_openrouter__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenRouterLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_openrouter__validate__api_key__header_value() -> None:
@@ -13927,8 +14008,11 @@ def test_openrouter__validate__session_key_header__header_name() -> None:
 def test_openrouter__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenRouterLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_openrouter__validate__session_key__header_value() -> None:
@@ -14441,8 +14525,11 @@ def test_together__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_together__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.TogetherLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_together__validate__api_key__header_value() -> None:
@@ -14880,8 +14967,11 @@ def test_together__validate__session_key_header__header_name() -> None:
 def test_together__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.TogetherLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_together__validate__session_key__header_value() -> None:
@@ -15385,8 +15475,11 @@ def test_vllm__api_key__keyless(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_vllm__validate__api_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.VLLMLLM, {"model": "test-model", "api_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "api_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "api_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_vllm__validate__api_key__header_value() -> None:
@@ -15811,8 +15904,11 @@ def test_vllm__validate__session_key_header__header_name() -> None:
 def test_vllm__validate__session_key__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.VLLMLLM, {"model": "test-model", "session_key": 42})
-    assert info.value.code == "invalid_type"
-    assert str(info.value) == "session_key must be a string, got 42"
+    assert info.value.code == "invalid_secret_type"
+    assert (
+        str(info.value)
+        == "session_key must be a string (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_vllm__validate__session_key__header_value() -> None:
@@ -16134,6 +16230,17 @@ def test_errors__invalid_type() -> None:
     assert isinstance(err, brainline.BrainlineError)
     assert err.code == "invalid_type"
     assert str(err) == "timeout must be a number, got 3"
+
+
+def test_errors__invalid_secret_type() -> None:
+    err = make_error("invalid_secret_type", **{"option": "timeout", "expected": "a number"})
+    assert type(err).__name__ == "ConfigError"
+    assert isinstance(err, brainline.BrainlineError)
+    assert err.code == "invalid_secret_type"
+    assert (
+        str(err)
+        == "timeout must be a number (the value is not shown: it may be a key or a phone number)"
+    )
 
 
 def test_errors__out_of_range() -> None:

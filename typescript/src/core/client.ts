@@ -6,7 +6,7 @@ import {
   SSE_MAX_EVENT_BYTES,
   WARMUP_TIMEOUT,
 } from "../generated/constants.js";
-import { BODY_FIELDS, type LLMConfig } from "../generated/options.js";
+import { BODY_FIELDS, type LLMConfig, SECRET_FIELDS } from "../generated/options.js";
 import { TurnState, cut, isObject } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
 import {
@@ -16,7 +16,7 @@ import {
   type Usage,
   assembleToolCalls,
 } from "./events.js";
-import { type SessionContext, hashCaller, resolveSessionKey } from "./session.js";
+import { resolveSessionKey, sessionContext } from "./session.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import {
   AbortedError,
@@ -27,6 +27,7 @@ import {
   Target,
   joined,
 } from "./transport.js";
+import { INSPECT, type Inspect, freezeConfig, masked } from "./validate.js";
 
 /** Per-call options of stream() and complete(). */
 export interface StreamOptions {
@@ -275,7 +276,7 @@ export class BaseLLM {
   private maxTokensKey: string;
 
   constructor(config: LLMConfig) {
-    this.llmConfig = Object.isFrozen(config) ? config : Object.freeze({ ...config });
+    this.llmConfig = Object.isFrozen(config) ? config : freezeConfig({ ...config }, SECRET_FIELDS);
     const base = this.llmConfig.baseUrl.replace(/\/+$/, "");
     const query = queryString(this.llmConfig.extraQuery);
     this.url = `${base}/chat/completions`;
@@ -293,6 +294,25 @@ export class BaseLLM {
 
   get providerKey(): string {
     return (this.constructor as typeof BaseLLM).providerKey;
+  }
+
+  /**
+   * What JSON.stringify shows (and so pino and winston): the provider, model, base URL and the
+   * config with "***" for its secrets, never a key (Python's repr shows the same three).
+   */
+  toJSON(): { provider: string; model: string; baseUrl: string; config: Record<string, unknown> } {
+    const config = this.llmConfig;
+    return {
+      provider: this.providerKey,
+      model: config.model,
+      baseUrl: config.baseUrl,
+      config: masked(config, SECRET_FIELDS),
+    };
+  }
+
+  /** util.inspect (console.log): the toJSON view under the class name. */
+  [INSPECT](_depth: number, options: object, inspect: Inspect): string {
+    return `${this.constructor.name} ${inspect(this.toJSON(), options)}`;
   }
 
   /**
@@ -598,12 +618,13 @@ export class BaseLLM {
     }
     let sessionKey: string | undefined;
     if (config.sessionKeyHeader) {
-      const ctx: SessionContext = { callId, caller, callee, callerHash: hashCaller(caller) };
+      const ctx = sessionContext(callId, caller, callee);
       const key: unknown = resolveSessionKey(config, ctx);
       if (key) {
         const option = config.sessionKeyFactory !== undefined ? "sessionKeyFactory" : "sessionKey";
         if (typeof key !== "string") {
-          throw makeError("invalid_type", { option, expected: "a string", value: key });
+          // The value is not echoed: it may be the key.
+          throw makeError("invalid_secret_type", { option, expected: "a string" });
         }
         if (HEADER_UNSAFE.test(key)) throw makeError("invalid_header_value", { option });
         if (key.length > SESSION_KEY_MAX_LENGTH) {
@@ -796,7 +817,9 @@ function checkCallArguments(
     ["callee", callee],
   ] as const) {
     if (value !== undefined && value !== null && typeof value !== "string") {
-      throw makeError("invalid_type", { option, expected: "a string", value });
+      // The caller's value is not echoed: it is a phone number.
+      const code = option === "caller" ? "invalid_secret_type" : "invalid_type";
+      throw makeError(code, { option, expected: "a string", value });
     }
   }
   if (typeof callId === "string" && HEADER_UNSAFE.test(callId)) {

@@ -9,6 +9,18 @@ export class BrainlineError extends Error {
     this.code = code;
     this.name = "BrainlineError";
   }
+
+  /**
+   * What JSON.stringify shows (winston's json format, pino for an error that is not under `err`):
+   * name, code, message and the class's own fields (status, body, retryAfter, partialText...),
+   * all scrubbed of keys; not the stack or the cause.
+   */
+  toJSON(): Record<string, unknown> {
+    const { name, code, message } = this;
+    const view: Record<string, unknown> = { name, code, message };
+    for (const [key, value] of Object.entries(this)) view[key] = value;
+    return view;
+  }
 }
 
 /** A bad option or call argument, raised before anything is sent. */

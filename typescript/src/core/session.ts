@@ -11,6 +11,40 @@ export interface SessionContext {
   readonly callerHash: string | undefined;
 }
 
+/** Each context's raw caller, kept off the context itself. */
+const callers = new WeakMap<object, string | undefined>();
+
+/**
+ * The context stream() hands a session-key factory. `caller` is a getter over a WeakMap, so
+ * JSON.stringify, util.inspect (even with showHidden), loggers that copy own fields, spreading and
+ * structuredClone never show the number, as Python leaves it out of the context's repr.
+ */
+class CallContext implements SessionContext {
+  readonly callerHash: string | undefined;
+
+  constructor(
+    readonly callId: string | undefined,
+    caller: string | undefined,
+    readonly callee: string | undefined,
+  ) {
+    callers.set(this, caller);
+    this.callerHash = hashCaller(caller);
+  }
+
+  get caller(): string | undefined {
+    return callers.get(this);
+  }
+}
+
+/** The SessionContext of one call: its callerHash is hashCaller(caller). */
+export function sessionContext(
+  callId: string | undefined,
+  caller: string | undefined,
+  callee: string | undefined,
+): SessionContext {
+  return new CallContext(callId, caller, callee);
+}
+
 /** The first CALLER_HASH_HEX_LENGTH hex characters of sha256(UTF-8 caller); undefined when empty. */
 export function hashCaller(caller: string | null | undefined): string | undefined {
   if (!caller) return undefined;

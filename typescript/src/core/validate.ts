@@ -145,6 +145,20 @@ export function checkType(
   }
 }
 
+/** checkType for a secret option: the message never shows the value (a Buffer of a key...). */
+export function checkSecretType(
+  option: string,
+  value: unknown,
+  typeName: string,
+  expected: string,
+): void {
+  if (value === undefined || value === null) return;
+  const check = TYPE_CHECKS[typeName];
+  if (check === undefined || !check(value)) {
+    throw makeError("invalid_secret_type", { option, expected });
+  }
+}
+
 export function checkRange(option: string, value: unknown, minimum: number, maximum: number): void {
   if (typeof value === "number" && !(value >= minimum && value <= maximum)) {
     throw makeError("out_of_range", { option, minimum, maximum, value });
@@ -240,15 +254,36 @@ export function derivePrefixed(
   return unlessContains.some((s) => value.includes(s)) ? value : prefix + value;
 }
 
-const INSPECT = Symbol.for("nodejs.util.inspect.custom");
+/** util.inspect's hook (console.log, pino-pretty...): an object's method under it says what it shows. */
+export const INSPECT: unique symbol = Symbol.for("nodejs.util.inspect.custom");
+/** The `inspect` util.inspect hands an INSPECT method, to format what the method shows. */
+export type Inspect = (value: unknown, options: object) => string;
 
-/** The config frozen; util.inspect shows "***" for its secret fields, as Python's repr does. */
+/** A plain copy of `config`'s fields, hidden ones too, with "***" for every secret that is set. */
+export function masked(config: object, secrets: ReadonlySet<string>): Record<string, unknown> {
+  const shown: Record<string, unknown> = {};
+  for (const name of Object.getOwnPropertyNames(config)) {
+    if (name === "toJSON") continue;
+    const value: unknown = (config as Record<string, unknown>)[name];
+    shown[name] = secrets.has(name) && value != null ? "***" : value;
+  }
+  return shown;
+}
+
+/**
+ * The config frozen, as no serializer shows a secret: the secret fields are not enumerable (so
+ * loggers that copy an object's own fields, as pino and winston do with the object they log, and
+ * spreading and structuredClone, leave them out), and `toJSON` and the INSPECT method (not
+ * enumerable either) show every field with "***" for the secrets, as Python's repr does.
+ */
 export function freezeConfig<T extends object>(config: T, secrets: ReadonlySet<string>): T {
+  for (const name of secrets) {
+    if (Object.hasOwn(config, name)) Object.defineProperty(config, name, { enumerable: false });
+  }
+  Object.defineProperty(config, "toJSON", { value: () => masked(config, secrets) });
   Object.defineProperty(config, INSPECT, {
-    value(_depth: number, options: object, inspect: (value: unknown, options: object) => string) {
-      const shown = Object.entries(config).map(([k, v]) => [k, secrets.has(k) && v ? "***" : v]);
-      return inspect(Object.fromEntries(shown), options);
-    },
+    value: (_depth: number, options: object, inspect: Inspect) =>
+      inspect(masked(config, secrets), options),
   });
   return Object.freeze(config);
 }

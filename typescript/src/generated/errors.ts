@@ -14,6 +14,10 @@ export const ERROR_CLASSES = [
 export const ERRORS = {
   missing_option: ["ConfigError", "{option} is required"],
   invalid_type: ["ConfigError", "{option} must be {expected}, got {value}"],
+  invalid_secret_type: [
+    "ConfigError",
+    "{option} must be {expected} (the value is not shown: it may be a key or a phone number)",
+  ],
   out_of_range: ["ConfigError", "{option} must be between {minimum} and {maximum}, got {value}"],
   below_minimum: ["ConfigError", "{option} must be >= {minimum}, got {value}"],
   not_above_minimum: ["ConfigError", "{option} must be > {minimum}, got {value}"],

@@ -140,7 +140,7 @@ export interface EngineOptions {
  * @throws {ConfigError} an option is of the wrong type, out of range or unsafe in a header.
  */
 export function buildConfig(providerKey: string, o: EngineOptions): LLMConfig {
-  v.checkType("apiKey", o.apiKey, "string", "a string");
+  v.checkSecretType("apiKey", o.apiKey, "string", "a string");
   v.checkHeaderValue("apiKey", o.apiKey);
   v.checkType("apiKeyEnv", o.apiKeyEnv, "string_or_string_list", "a string or a list of strings");
   v.checkType("baseUrl", o.baseUrl, "string", "a string");
@@ -184,7 +184,7 @@ export function buildConfig(providerKey: string, o: EngineOptions): LLMConfig {
   v.checkHeaderValue("sessionIdPrefix", o.sessionIdPrefix);
   v.checkType("sessionKeyHeader", o.sessionKeyHeader, "string", "a string");
   v.checkHeaderName("sessionKeyHeader", o.sessionKeyHeader);
-  v.checkType("sessionKey", o.sessionKey, "string", "a string");
+  v.checkSecretType("sessionKey", o.sessionKey, "string", "a string");
   v.checkHeaderValue("sessionKey", o.sessionKey);
   v.checkMaxLength("sessionKey", o.sessionKey, 256);
   v.checkType("sessionKeyFactory", o.sessionKeyFactory, "session_key_factory", "a function");

@@ -247,8 +247,10 @@ test("test_cerebras__api_key__keyless", () => {
 test("test_cerebras__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.CerebrasLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_cerebras__validate__api_key__header_value", () => {
@@ -747,8 +749,10 @@ test("test_cerebras__validate__session_key__type", () => {
     construct(brainline.CerebrasLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_cerebras__validate__session_key__header_value", () => {
@@ -1405,8 +1409,10 @@ test("test_custom__validate__api_key__type", () => {
     }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_custom__validate__api_key__header_value", () => {
@@ -2122,8 +2128,10 @@ test("test_custom__validate__session_key__type", () => {
     }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_custom__validate__session_key__header_value", () => {
@@ -2841,8 +2849,10 @@ test("test_deepseek__api_key__keyless", () => {
 test("test_deepseek__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.DeepSeekLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_deepseek__validate__api_key__header_value", () => {
@@ -3341,8 +3351,10 @@ test("test_deepseek__validate__session_key__type", () => {
     construct(brainline.DeepSeekLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_deepseek__validate__session_key__header_value", () => {
@@ -3889,8 +3901,10 @@ test("test_fireworks__api_key__keyless", () => {
 test("test_fireworks__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.FireworksLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_fireworks__validate__api_key__header_value", () => {
@@ -4389,8 +4403,10 @@ test("test_fireworks__validate__session_key__type", () => {
     construct(brainline.FireworksLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_fireworks__validate__session_key__header_value", () => {
@@ -4941,8 +4957,10 @@ test("test_groq__api_key__keyless", () => {
 test("test_groq__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.GroqLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_groq__validate__api_key__header_value", () => {
@@ -5417,8 +5435,10 @@ test("test_groq__validate__session_key_header__header_name", () => {
 test("test_groq__validate__session_key__type", () => {
   const err = thrown(() => construct(brainline.GroqLLM, { model: "test-model", sessionKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_groq__validate__session_key__header_value", () => {
@@ -5971,8 +5991,10 @@ test("test_hermes__api_key__keyless", () => {
 test("test_hermes__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.HermesLLM, { apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_hermes__validate__api_key__header_value", () => {
@@ -6372,8 +6394,10 @@ test("test_hermes__validate__session_key_header__header_name", () => {
 test("test_hermes__validate__session_key__type", () => {
   const err = thrown(() => construct(brainline.HermesLLM, { sessionKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_hermes__validate__session_key__header_value", () => {
@@ -6869,8 +6893,10 @@ test("test_litellm__validate__api_key__type", () => {
     construct(brainline.LiteLLMProxyLLM, { model: "test-model", apiKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_litellm__validate__api_key__header_value", () => {
@@ -7376,8 +7402,10 @@ test("test_litellm__validate__session_key__type", () => {
     construct(brainline.LiteLLMProxyLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_litellm__validate__session_key__header_value", () => {
@@ -7937,8 +7965,10 @@ test("test_llamacpp__api_key__keyless", () => {
 test("test_llamacpp__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.LlamaCppLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_llamacpp__validate__api_key__header_value", () => {
@@ -8437,8 +8467,10 @@ test("test_llamacpp__validate__session_key__type", () => {
     construct(brainline.LlamaCppLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_llamacpp__validate__session_key__header_value", () => {
@@ -8995,8 +9027,10 @@ test("test_lmstudio__api_key__keyless", () => {
 test("test_lmstudio__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.LMStudioLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_lmstudio__validate__api_key__header_value", () => {
@@ -9495,8 +9529,10 @@ test("test_lmstudio__validate__session_key__type", () => {
     construct(brainline.LMStudioLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_lmstudio__validate__session_key__header_value", () => {
@@ -10043,8 +10079,10 @@ test("test_mistral__api_key__keyless", () => {
 test("test_mistral__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.MistralLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_mistral__validate__api_key__header_value", () => {
@@ -10534,8 +10572,10 @@ test("test_mistral__validate__session_key__type", () => {
     construct(brainline.MistralLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_mistral__validate__session_key__header_value", () => {
@@ -11092,8 +11132,10 @@ test("test_ollama__api_key__keyless", () => {
 test("test_ollama__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.OllamaLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_ollama__validate__api_key__header_value", () => {
@@ -11574,8 +11616,10 @@ test("test_ollama__validate__session_key_header__header_name", () => {
 test("test_ollama__validate__session_key__type", () => {
   const err = thrown(() => construct(brainline.OllamaLLM, { model: "test-model", sessionKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_ollama__validate__session_key__header_value", () => {
@@ -12228,8 +12272,10 @@ test("test_openai_compatible__validate__api_key__type", () => {
     }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_openai_compatible__validate__api_key__header_value", () => {
@@ -12953,8 +12999,10 @@ test("test_openai_compatible__validate__session_key__type", () => {
     }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_openai_compatible__validate__session_key__header_value", () => {
@@ -13732,8 +13780,10 @@ test("test_openclaw__validate__agent__pattern_empty", () => {
 test("test_openclaw__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.OpenClawLLM, { agent: "support", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_openclaw__validate__api_key__header_value", () => {
@@ -14187,8 +14237,10 @@ test("test_openclaw__validate__session_key_header__header_name", () => {
 test("test_openclaw__validate__session_key__type", () => {
   const err = thrown(() => construct(brainline.OpenClawLLM, { agent: "support", sessionKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_openclaw__validate__session_key__header_value", () => {
@@ -14728,8 +14780,10 @@ test("test_openrouter__api_key__keyless", () => {
 test("test_openrouter__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.OpenRouterLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_openrouter__validate__api_key__header_value", () => {
@@ -15233,8 +15287,10 @@ test("test_openrouter__validate__session_key__type", () => {
     construct(brainline.OpenRouterLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_openrouter__validate__session_key__header_value", () => {
@@ -15788,8 +15844,10 @@ test("test_together__api_key__keyless", () => {
 test("test_together__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.TogetherLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_together__validate__api_key__header_value", () => {
@@ -16288,8 +16346,10 @@ test("test_together__validate__session_key__type", () => {
     construct(brainline.TogetherLLM, { model: "test-model", sessionKey: 42 }),
   );
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_together__validate__session_key__header_value", () => {
@@ -16836,8 +16896,10 @@ test("test_vllm__api_key__keyless", () => {
 test("test_vllm__validate__api_key__type", () => {
   const err = thrown(() => construct(brainline.VLLMLLM, { model: "test-model", apiKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("apiKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "apiKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_vllm__validate__api_key__header_value", () => {
@@ -17312,8 +17374,10 @@ test("test_vllm__validate__session_key_header__header_name", () => {
 test("test_vllm__validate__session_key__type", () => {
   const err = thrown(() => construct(brainline.VLLMLLM, { model: "test-model", sessionKey: 42 }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
-  expect((err as brainline.ConfigError).code).toBe("invalid_type");
-  expect((err as Error).message).toBe("sessionKey must be a string, got 42");
+  expect((err as brainline.ConfigError).code).toBe("invalid_secret_type");
+  expect((err as Error).message).toBe(
+    "sessionKey must be a string (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_vllm__validate__session_key__header_value", () => {
@@ -17673,6 +17737,16 @@ test("test_errors__invalid_type", () => {
   expect(err).toBeInstanceOf(brainline.BrainlineError);
   expect(err.code).toBe("invalid_type");
   expect(err.message).toBe("timeout must be a number, got 3");
+});
+
+test("test_errors__invalid_secret_type", () => {
+  const err = makeError("invalid_secret_type", { option: "timeout", expected: "a number" });
+  expect(err.constructor.name).toBe("ConfigError");
+  expect(err).toBeInstanceOf(brainline.BrainlineError);
+  expect(err.code).toBe("invalid_secret_type");
+  expect(err.message).toBe(
+    "timeout must be a number (the value is not shown: it may be a key or a phone number)",
+  );
 });
 
 test("test_errors__out_of_range", () => {

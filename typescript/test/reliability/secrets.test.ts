@@ -1,13 +1,23 @@
 // Secrets and privacy, in TypeScript (tests/reliability/test_secrets.py mirrors it): API keys and
 // memory-scope keys never appear in console output, util.inspect output, error messages or anywhere
-// in an error's cause chain; the raw caller never reaches the wire; header injection (CR, LF, NUL)
-// is refused with a ConfigError before a byte is sent; session keys are limited to
-// SESSION_KEY_MAX_LENGTH; base_url is http(s) without credentials and never echoes a password.
-import { inspect } from "node:util";
+// in an error's cause chain; no public object (every provider class, its config, a turn, its events,
+// a session context, every error and its causes) shows one under JSON.stringify, String, template
+// literals, util.inspect, util.format, pino or winston; the raw caller is reachable from no client
+// and no error and never reaches the wire; header injection (CR, LF, NUL) is refused with a
+// ConfigError before a byte is sent; session keys are limited to SESSION_KEY_MAX_LENGTH; base_url
+// is http(s) without credentials and never echoes a password.
+import { Writable } from "node:stream";
+import { format, inspect } from "node:util";
+import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import winston from "winston";
+import type { BaseLLM } from "../../src/core/client.js";
 import { BrainlineError, ConfigError } from "../../src/core/errors.js";
+import type { SessionContext } from "../../src/core/session.js";
+import { PROVIDERS } from "../../src/generated/cli_options.js";
 import { SESSION_KEY_MAX_LENGTH } from "../../src/generated/constants.js";
 import { CustomLLM } from "../../src/generated/custom.js";
+import * as generated from "../../src/generated/index.js";
 import { Mock } from "./mock.js";
 
 const API_KEY = "sk-live-SECRETapikey0123456789";
@@ -59,6 +69,114 @@ function expectClean(text: string, where: string, secrets: string[] = SECRETS): 
   }
 }
 
+/** What pino writes for `value` logged as the merge object, under a key, as `err` and with %o. */
+function pinoText(value: unknown): string {
+  const lines: string[] = [];
+  const logger = pino({ level: "trace" }, { write: (line: string) => lines.push(line) });
+  if (value instanceof Error) logger.error(value);
+  else if (typeof value === "object" && value !== null) logger.info(value);
+  logger.info({ value }, "value");
+  logger.info({ err: value }, "err");
+  logger.info("%o %s %j", value as object, value, value as object);
+  return lines.join("");
+}
+
+/** What winston's json format (with format.errors) writes for `value`, as the message and as meta. */
+async function winstonText(value: unknown): Promise<string> {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(String(chunk));
+      done();
+    },
+  });
+  const { combine, errors, json } = winston.format;
+  const logger = winston.createLogger({
+    level: "silly",
+    format: combine(errors({ stack: true }), json()),
+    transports: [new winston.transports.Stream({ stream })],
+  });
+  if (value instanceof Error) logger.error(value);
+  else if (typeof value === "object" && value !== null) logger.info(value as object);
+  logger.info("value", { value });
+  logger.log("info", "%s", value);
+  await new Promise((resolve) => setImmediate(resolve));
+  logger.close();
+  return lines.join("");
+}
+
+/** `value` under every serializer a log line may go through. */
+async function serialized(value: unknown): Promise<Record<string, string>> {
+  return {
+    "JSON.stringify": JSON.stringify(value) ?? "",
+    String: String(value),
+    "a template literal": `${value}`,
+    "util.inspect": inspect(value, { depth: 10 }),
+    "util.inspect (showHidden)": inspect(value, { depth: 10, showHidden: true }),
+    "util.format": format("%s %o %O %j", value, value, value, value),
+    pino: pinoText(value),
+    winston: await winstonText(value),
+  };
+}
+
+async function expectSerializersClean(
+  value: unknown,
+  where: string,
+  secrets: string[] = SECRETS,
+): Promise<void> {
+  for (const [serializer, text] of Object.entries(await serialized(value))) {
+    expectClean(text, `${serializer} of ${where}`, secrets);
+  }
+}
+
+/**
+ * Every string (and byte array, as Latin-1) reachable from `root` through own properties, hidden
+ * ones and symbols included, and Map / Set entries; not through getters, functions or modules.
+ */
+function reachableStrings(root: unknown): string[] {
+  const found: string[] = [];
+  const seen = new Set<unknown>();
+  const todo: unknown[] = [root];
+  while (todo.length > 0) {
+    const value = todo.pop();
+    if (typeof value === "string") {
+      found.push(value);
+      continue;
+    }
+    if (typeof value !== "object" || value === null || seen.has(value)) continue;
+    seen.add(value);
+    if ((value as { [Symbol.toStringTag]?: unknown })[Symbol.toStringTag] === "Module") continue;
+    if (ArrayBuffer.isView(value)) {
+      found.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1"));
+      continue;
+    }
+    if (value instanceof Map) for (const [k, v] of value) todo.push(k, v);
+    if (value instanceof Set) for (const v of value) todo.push(v);
+    for (const key of Reflect.ownKeys(value)) {
+      const descriptor = Object.getOwnPropertyDescriptor(value, key);
+      if (descriptor !== undefined && "value" in descriptor) todo.push(descriptor.value);
+    }
+  }
+  return found;
+}
+
+function expectCallerUnreachable(root: unknown, where: string): void {
+  for (const text of reachableStrings(root)) {
+    expect(text.includes(CALLER.slice(1)), `the raw caller is reachable from ${where}`).toBe(false);
+  }
+}
+
+/** The error and every cause under it. */
+function causes(err: unknown): unknown[] {
+  const chain: unknown[] = [];
+  let current: unknown = err;
+  while (current !== undefined && current !== null && !chain.includes(current)) {
+    chain.push(current);
+    current = current instanceof Error ? current.cause : undefined;
+  }
+  return chain;
+}
+
 const FAILURES: Record<string, unknown> = {
   http_status: { status: 401, json: { error: { message: ECHO } } },
   http_status_text: { status: 500, body: ECHO },
@@ -68,7 +186,11 @@ const FAILURES: Record<string, unknown> = {
   malformed: { sse: [`data: ${API_KEY} not json ${ECHO}\n\n`] },
   interrupted: { text: ["a", "b"], drop_after: 1 },
   json_error: { json: { error: { message: ECHO } } },
+  // Errors with a cause from the transport.
+  read_timeout: { text: ["a"], stall: "headers" },
+  connection_reset: { drop_before_headers: true, drop_reset: true },
 };
+const KIND_OPTIONS: Record<string, Record<string, unknown>> = { read_timeout: { timeout: 0.3 } };
 
 let server: Mock;
 let consoleText: string[] = [];
@@ -108,12 +230,25 @@ describe("secrets stay out of errors and logs", () => {
       it(`${kind}${factory ? " (factory key)" : ""}`, async () => {
         await server.setScript([FAILURES[kind]]);
         const secrets = SECRETS.filter((s) => factory || s !== FACTORY_KEY);
-        const client = llm(server.url, factory ? { sessionKeyFactory: () => FACTORY_KEY } : {});
+        const client = llm(server.url, {
+          ...(factory ? { sessionKeyFactory: () => FACTORY_KEY } : {}),
+          ...KIND_OPTIONS[kind],
+        });
         const err = await drain(client, { callId: "c1", caller: CALLER });
         await client.close();
         expect(err).toBeInstanceOf(BrainlineError);
         expectClean(errorText(err), `the ${kind} error chain`, secrets);
         expectClean(consoleText.join("\n"), "the console", secrets);
+        for (const link of causes(err)) {
+          const name = link instanceof Error ? link.name : typeof link;
+          await expectSerializersClean(link, `${name} in the ${kind} chain`, secrets);
+        }
+        expectCallerUnreachable(err, `the ${kind} error`);
+        expectCallerUnreachable(client, "the client");
+        // JSON shows what a log needs: the class, code, message and fields, scrubbed.
+        const shown = JSON.parse(JSON.stringify(err));
+        const error = err as BrainlineError;
+        expect(shown).toMatchObject({ name: error.name, code: error.code, message: error.message });
       });
     }
   }
@@ -163,6 +298,134 @@ describe("secrets stay out of errors and logs", () => {
     ]) {
       expectClean(text, "inspect output");
     }
+  });
+});
+
+/** Every generated provider class with a key and a memory-scope key (static or a factory's). */
+function providers(url: string, factory?: (ctx: SessionContext) => string): BaseLLM[] {
+  const classes = generated as unknown as Record<string, new (options: object) => BaseLLM>;
+  return Object.entries(PROVIDERS)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([key, provider]) => {
+      const options: Record<string, unknown> = {
+        baseUrl: url,
+        model: "m",
+        agent: "main",
+        apiKey: API_KEY,
+        sessionKeyHeader: "X-Session-Key",
+        timeout: 2,
+        maxRetries: 0,
+        ...(factory === undefined ? { sessionKey: SESSION_KEY } : { sessionKeyFactory: factory }),
+      };
+      for (const name of provider.refused) delete options[name];
+      const Provider = classes[provider.className] as new (options: object) => BaseLLM;
+      const client = new Provider(options);
+      expect(client.providerKey).toBe(key);
+      return client;
+    });
+}
+
+describe("no public object shows a secret under any serializer", () => {
+  for (const factory of [false, true]) {
+    it(`every provider, its config, a turn and its events${factory ? ", the context" : ""}`, async () => {
+      const contexts: SessionContext[] = [];
+      const keep = (ctx: SessionContext): string => {
+        contexts.push(ctx);
+        return FACTORY_KEY;
+      };
+      await server.setScript({ text: ["x"] });
+      const clients = providers(server.url, factory ? keep : undefined);
+      for (const client of clients) {
+        const name = client.constructor.name;
+        const events = [];
+        for await (const event of client.stream(MESSAGES, undefined, {
+          callId: "c1",
+          caller: CALLER,
+        })) {
+          events.push(event);
+        }
+        const turn = await client.complete(MESSAGES, undefined, { callId: "c2", caller: CALLER });
+        await client.warmup();
+        expect(turn.text).toBe("x");
+        await expectSerializersClean(client, name);
+        await expectSerializersClean(client.config, `${name}.config`);
+        await expectSerializersClean(turn, "a Turn");
+        await expectSerializersClean(events, "the events");
+        expectCallerUnreachable(client, name);
+        await client.close();
+      }
+      expect(contexts.length).toBe(factory ? 2 * clients.length : 0);
+      for (const ctx of contexts) {
+        expect(ctx.caller).toBe(CALLER); // the factory gets the number; no serializer shows it
+        await expectSerializersClean(ctx, "a SessionContext");
+        expectClean(JSON.stringify({ ...ctx }), "a spread SessionContext");
+        expectClean(JSON.stringify(structuredClone(ctx)), "a cloned SessionContext");
+      }
+    });
+  }
+
+  it("an instance shows its provider, model, base URL and a masked config", () => {
+    const client = llm("http://127.0.0.1:9/v1");
+    const shown = JSON.parse(JSON.stringify(client));
+    expect(shown).toMatchObject({
+      provider: "custom",
+      model: "m",
+      baseUrl: "http://127.0.0.1:9/v1",
+      config: { apiKey: "***", sessionKey: "***", model: "m" },
+    });
+    expect(JSON.parse(JSON.stringify(client.config))).toEqual(shown.config);
+    // util.inspect: the same view under the class name; the config with its secrets masked.
+    expect(inspect(client)).toMatch(/^CustomLLM \{\n? *provider: 'custom',/);
+    expect(inspect(client.config)).toContain("apiKey: '***'");
+    // The config itself still holds the keys: what is masked is what serializers show.
+    expect(client.config.apiKey).toBe(API_KEY);
+  });
+});
+
+describe("a secret of another type", () => {
+  for (const option of ["apiKey", "sessionKey"]) {
+    it(`refuses ${option} of another type without echoing it`, () => {
+      const secret = option === "apiKey" ? API_KEY : SESSION_KEY;
+      // A key read as a Buffer (readFileSync without an encoding) is refused, never quoted.
+      for (const value of [Buffer.from(secret), [secret], { key: secret }, 4242424242]) {
+        let err: unknown;
+        try {
+          llm("http://127.0.0.1:9/v1", { [option]: value });
+        } catch (e) {
+          err = e;
+        }
+        expect(err).toBeInstanceOf(ConfigError);
+        expect((err as ConfigError).code).toBe("invalid_secret_type");
+        expect((err as ConfigError).message).toMatch(
+          new RegExp(`^${option} must be a string \\(the value is not shown`),
+        );
+        expectClean(errorText(err), "the error", [secret, "4242424242"]);
+      }
+    });
+  }
+
+  it("refuses a factory's key or a caller of another type without echoing it", async () => {
+    const cases: [Record<string, unknown>, Record<string, unknown>, string][] = [
+      [{ sessionKeyFactory: () => Buffer.from(FACTORY_KEY) }, {}, "sessionKeyFactory"],
+      [
+        { sessionKeyFactory: (ctx: SessionContext) => [ctx.caller] },
+        { caller: CALLER },
+        "sessionKeyFactory",
+      ],
+      [{}, { caller: Number(CALLER.slice(1)) }, "caller"],
+    ];
+    for (const [options, call, option] of cases) {
+      const client = llm(server.url, options);
+      const err = await drain(client, { callId: "c1", ...call });
+      await client.close();
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).code).toBe("invalid_secret_type");
+      expect((err as ConfigError).message).toMatch(
+        new RegExp(`^${option} must be a string \\(the value is not shown`),
+      );
+      expectClean(errorText(err), `the ${option} error`);
+    }
+    expect((await server.records()).requests).toEqual([]);
   });
 });
 

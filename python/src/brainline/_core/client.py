@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, SupportsIndex, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -88,6 +88,26 @@ _encode = json.JSONEncoder(
 ).encode
 
 _HeaderList = list[tuple[str, str]]
+_T = TypeVar("_T")
+
+
+class _Hidden(Generic[_T]):
+    """A value no serializer shows: repr and str are "***", copy and pickle refuse.
+
+    BaseLLM keeps its header lists (the Authorization header) in these, so that vars(llm) dumped
+    with json.dumps(..., default=str), or a debugger's view of the instance, shows no key.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError("a value hidden from serializers cannot be copied or pickled")
 
 
 _HEADER_GRACE = 0.1  # seconds
@@ -336,8 +356,8 @@ class BaseLLM:
             headers.append(("Authorization", f"Bearer {config.api_key}"))
         for name, value in (config.extra_headers or {}).items():
             _set_header(headers, name, value)
-        self._headers = headers
-        self._encoded_headers = _encode_headers(headers)  # for turns without session headers
+        self._headers = _Hidden(headers)
+        self._encoded_headers = _Hidden(_encode_headers(headers))  # turns without session headers
         self._sampling: list[tuple[str, Any]] = [
             (wire, value)
             for field, wire in BODY_FIELDS
@@ -348,6 +368,22 @@ class BaseLLM:
     def config(self) -> LLMConfig:
         """The resolved configuration (read-only)."""
         return self._config
+
+    def __repr__(self) -> str:
+        """The provider, model and base URL: never a key (TypeScript's toJSON shows the same)."""
+        config = self._config
+        return (
+            f"{type(self).__name__}(provider={self.provider_key!r}, model={config.model!r}, "
+            f"base_url={config.base_url!r})"
+        )
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """copy, deepcopy and pickle refuse: a copy would share the pool, and pickle's bytes
+        would hold the keys in clear."""
+        raise TypeError(
+            f"{type(self).__name__} cannot be copied or pickled (it holds a connection pool and "
+            "the keys): construct another with the same options"
+        )
 
     async def stream(
         self,
@@ -468,6 +504,7 @@ class BaseLLM:
                 return
             if deadline.cancelled_task:
                 deadline.absorb()  # our timer's cancel, surfaced as another error
+                _strip_requests(exc)
                 raise deadline.error(self._url) from exc
             if client.is_closed:
                 # aclose() during the turn ends it as if cancelled.
@@ -693,8 +730,8 @@ class BaseLLM:
         config = self._config
         with_session_id = bool(config.session_id_header and call_id)
         if not with_session_id and not config.session_key_header:
-            return self._encoded_headers, None
-        headers = self._headers.copy()
+            return self._encoded_headers.value, None
+        headers = self._headers.value.copy()
         if with_session_id:
             assert config.session_id_header is not None and call_id is not None
             _set_header(headers, config.session_id_header, config.session_id_prefix + call_id)
@@ -704,8 +741,8 @@ class BaseLLM:
             key: object = resolve_session_key(config, ctx)
             if key:
                 option = "session_key_factory" if config.session_key_factory else "session_key"
-                if not isinstance(key, str):
-                    raise make_error("invalid_type", option=option, expected="a string", value=key)
+                if not isinstance(key, str):  # the value is not echoed: it may be the key
+                    raise make_error("invalid_secret_type", option=option, expected="a string")
                 if _HEADER_UNSAFE.search(key):
                     raise make_error("invalid_header_value", option=option)
                 if len(key) > SESSION_KEY_MAX_LENGTH:
@@ -810,7 +847,7 @@ class BaseLLM:
         return state.feed_body(b"".join(parts).decode("utf-8-sig", "replace"))
 
     def _scrub(self, exc: BrainlineError, session_key: str | None) -> None:
-        """Keep keys out of an error, even when a server echoes them back."""
+        """Keep keys out of an error, even when a server echoes them back, and out of its chain."""
         for secret in (self._config.api_key, self._config.session_key, session_key):
             if not secret:
                 continue
@@ -819,6 +856,7 @@ class BaseLLM:
                 exc.args = (exc.message,)
             if isinstance(exc, APIStatusError) and secret in exc.body:
                 exc.body = exc.body.replace(secret, "***")
+        _strip_requests(exc)
 
     async def _warmup(self) -> None:
         config = self._config
@@ -861,7 +899,9 @@ def _check_call_arguments(
                 raise make_error("invalid_tools")
     for option, value in (("call_id", call_id), ("caller", caller), ("callee", callee)):
         if value is not None and not isinstance(value, str):
-            raise make_error("invalid_type", option=option, expected="a string", value=value)
+            # The caller's value is not echoed: it is a phone number.
+            code = "invalid_secret_type" if option == "caller" else "invalid_type"
+            raise make_error(code, option=option, expected="a string", value=value)
     if call_id and _HEADER_UNSAFE.search(cast(str, call_id)):
         raise make_error("invalid_header_value", option="call_id")
 
@@ -889,6 +929,29 @@ def _stale_connection(exc: httpx.TransportError) -> bool:
                 return False
         tb = tb.tb_next
     return False
+
+
+def _strip_requests(exc: BaseException) -> None:
+    """Give every httpx error in the chain of `exc` a bare request (method and URL).
+
+    The request httpx attaches holds the headers (Authorization, the memory-scope key), which
+    pickling that error, or printing its request's headers, would show.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        link = todo.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        if isinstance(link, httpx.HTTPError):
+            try:
+                request = link.request
+            except RuntimeError:  # none attached
+                pass
+            else:
+                link.request = httpx.Request(request.method, request.url)
+        todo += (link.__cause__, link.__context__)
 
 
 def _encode_headers(headers: _HeaderList) -> list[tuple[bytes, bytes]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, SupportsIndex
 
 from .._generated.constants import CALLER_HASH_HEX_LENGTH, CALLER_HASH_PREFIX
 
@@ -14,11 +14,13 @@ if TYPE_CHECKING:  # _generated/options.py imports this module: no runtime impor
 __all__ = ["SessionContext", "hash_caller", "resolve_session_key"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionContext:
     """What a session-key factory learns about the call. The raw caller never goes on the wire.
 
-    `caller` is left out of the repr so that logging a context does not log the number.
+    `caller` is left out of the repr so that logging a context does not log the number; with no
+    __dict__, vars() refuses it, and pickle refuses it (TypeScript's context keeps `caller` out of
+    JSON, inspect and structuredClone).
     """
 
     call_id: str | None = None
@@ -26,6 +28,15 @@ class SessionContext:
     callee: str | None = None
     caller_hash: str | None = None
     """hash_caller(caller): the first 16 hex characters of sha256(caller); None without a caller."""
+
+    def __copy__(self) -> SessionContext:
+        return self  # immutable: strings and None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SessionContext:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError("SessionContext cannot be pickled: it holds the raw caller number")
 
 
 def hash_caller(caller: str | None) -> str | None:

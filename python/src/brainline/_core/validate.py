@@ -86,6 +86,12 @@ def check_type(option: str, value: object, type_name: str, expected: str) -> Non
         raise make_error("invalid_type", option=option, expected=expected, value=value)
 
 
+def check_secret_type(option: str, value: object, type_name: str, expected: str) -> None:
+    """check_type for a secret option: the message never shows the value (bytes of a key...)."""
+    if value is not None and not _TYPE_CHECKS[type_name](value):
+        raise make_error("invalid_secret_type", option=option, expected=expected)
+
+
 def check_range(option: str, value: float | None, minimum: float, maximum: float) -> None:
     if value is not None and not minimum <= value <= maximum:
         raise make_error(

@@ -18,6 +18,10 @@ ERROR_CLASSES: Final[tuple[str, ...]] = (
 ERRORS: Final[dict[str, tuple[str, str]]] = {
     "missing_option": ("ConfigError", "{option} is required"),
     "invalid_type": ("ConfigError", "{option} must be {expected}, got {value}"),
+    "invalid_secret_type": (
+        "ConfigError",
+        "{option} must be {expected} (the value is not shown: it may be a key or a phone number)",
+    ),
     "out_of_range": (
         "ConfigError",
         "{option} must be between {minimum} and {maximum}, got {value}",

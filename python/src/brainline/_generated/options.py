@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from copy import deepcopy
+from dataclasses import dataclass, fields, replace
+from typing import Any, Final, NoReturn, SupportsIndex
 
 from .._core import validate as v
 from .._core.session import SessionContext
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, slots=True)
 class LLMConfig:
-    """One provider's options after defaults, env vars and validation."""
+    """One provider's options after defaults, env vars and validation.
+
+    Its repr (and so str, f-strings and logging) shows "***" for the secret fields. It has no
+    __dict__ (vars() refuses it) and refuses pickle, whose bytes would hold the keys in clear;
+    copy, deepcopy and dataclasses.replace work.
+    """
 
     provider_key: str
     api_key: str | None
@@ -86,11 +92,25 @@ class LLMConfig:
     """"auto", "none", "required", or an object naming one function."""
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{name}={'***' if name in SECRET_FIELDS and value is not None else repr(value)}"
-            for name, value in self.__dict__.items()
+        shown = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            secret = field.name in SECRET_FIELDS and value is not None
+            shown.append(f"{field.name}={'***' if secret else repr(value)}")
+        return f"LLMConfig({', '.join(shown)})"
+
+    def __copy__(self) -> LLMConfig:
+        return replace(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LLMConfig:
+        return replace(
+            self, **{f.name: deepcopy(getattr(self, f.name), memo) for f in fields(self)}
         )
-        return f"LLMConfig({shown})"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError(
+            "LLMConfig cannot be pickled: it holds the API key and session key in clear"
+        )
 
 
 BODY_FIELDS: Final[tuple[tuple[str, str], ...]] = (
@@ -159,7 +179,7 @@ def build_config(
     Raises:
         ConfigError: an option is of the wrong type, out of range or unsafe in a header.
     """
-    v.check_type("api_key", api_key, "string", "a string")
+    v.check_secret_type("api_key", api_key, "string", "a string")
     v.check_header_value("api_key", api_key)
     v.check_type(
         "api_key_env", api_key_env, "string_or_string_list", "a string or a list of strings"
@@ -205,7 +225,7 @@ def build_config(
     v.check_header_value("session_id_prefix", session_id_prefix)
     v.check_type("session_key_header", session_key_header, "string", "a string")
     v.check_header_name("session_key_header", session_key_header)
-    v.check_type("session_key", session_key, "string", "a string")
+    v.check_secret_type("session_key", session_key, "string", "a string")
     v.check_header_value("session_key", session_key)
     v.check_max_length("session_key", session_key, 256)
     v.check_type("session_key_factory", session_key_factory, "session_key_factory", "a function")

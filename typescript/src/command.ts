@@ -4,7 +4,6 @@
 // Exit codes: 0 on success, 1 for an API or stream error, 2 for a configuration or usage error,
 // 130 when interrupted.
 
-import { spawn } from "node:child_process";
 import { parseArgs } from "node:util";
 import type { BaseLLM } from "./core/client.js";
 import { BrainlineError, ConfigError } from "./core/errors.js";
@@ -13,12 +12,8 @@ import { OPTIONS, PROVIDERS } from "./generated/cli_options.js";
 import { VERSION } from "./generated/constants.js";
 import { ERRORS } from "./generated/errors.js";
 import * as api from "./generated/index.js";
-import {
-  type MockServer,
-  MockServerUnavailableError,
-  mockServerPython,
-  startMockServer,
-} from "./testing.js";
+import { type MockServerHandle, MockServerUnavailableError, startMockServer } from "./testing.js";
+import { main as serveMock } from "./testing/main.js";
 
 const DEFAULT_PROVIDER = "custom";
 const EMBEDDED_MODEL = "mock-model";
@@ -55,7 +50,7 @@ const USAGE = `usage: brainline chat PROMPT [--provider KEY] [--call-id ID] [--c
        brainline mock-server [--port P] [--script FILE] [--ignore-stdin]
        brainline --version
 
-Without --base-url, chat talks to the embedded mock server (needs Python with brainline).
+Without --base-url, chat talks to the embedded mock server (in-process, on 127.0.0.1).
 Providers: ${Object.keys(PROVIDERS).sort().join(", ")}
 Option flags (from the spec):
 ${OPTIONS.map((o) => `  ${o.flag}${o.type === "string_or_string_list" ? " (repeatable)" : ""}\n      ${o.doc}`).join("\n")}
@@ -193,7 +188,7 @@ async function chat(args: ChatArgs): Promise<number> {
   const options = { ...args.options };
   const preset = PROVIDERS[args.provider];
   if (preset === undefined) throw new UsageError(`unknown --provider ${args.provider}`);
-  let server: MockServer | undefined;
+  let server: MockServerHandle | undefined;
   if (options.baseUrl === undefined) {
     try {
       server = await startMockServer();
@@ -244,7 +239,7 @@ async function chat(args: ChatArgs): Promise<number> {
   return interrupted ? EXIT_INTERRUPTED : 0;
 }
 
-/** `brainline mock-server`: run the Python mock server in the foreground. */
+/** `brainline mock-server`: run the mock server in the foreground. */
 function mockServer(argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parseArgs>;
   try {
@@ -261,17 +256,14 @@ function mockServer(argv: string[]): Promise<number> {
     throw new UsageError((err as Error).message);
   }
   const v = parsed.values as Record<string, string | boolean | undefined>;
-  const args = ["-m", "brainline.testing", "--port", String(v.port ?? "0")];
-  if (typeof v.script === "string") args.push("--script", v.script);
-  if (v["ignore-stdin"] === true) args.push("--ignore-stdin");
-  return new Promise((resolve) => {
-    const child = spawn(mockServerPython(), args, { stdio: "inherit" });
-    child.once("error", (e) => {
-      const err = new MockServerUnavailableError(e.message);
-      process.stderr.write(`error: ${err.code}: ${err.message}\n`);
-      resolve(EXIT_CONFIG);
-    });
-    child.once("exit", (code) => resolve(code ?? EXIT_INTERRUPTED));
+  const port = v.port === undefined ? 0 : Number(v.port);
+  if (typeof v.port === "string" && !/^\d+$/.test(v.port)) {
+    throw new UsageError(`--port must be an integer, got ${JSON.stringify(v.port)}`);
+  }
+  return serveMock({
+    port,
+    script: v.script as string | undefined,
+    ignoreStdin: v["ignore-stdin"] === true,
   });
 }
 

@@ -1,13 +1,9 @@
-// The `brainline` command (src/command.ts) and the brainline/testing helper, against the mock
-// server the helper spawns (`python3 -m brainline.testing`; PYTHONPATH points at ../python/src).
-import { resolve } from "node:path";
+// The `brainline` command (src/command.ts) and the brainline/testing helper, against the
+// TypeScript mock server it starts in-process.
 import { afterAll, beforeAll, expect, test, vi } from "vitest";
 import { flagMessage, main, parseFlag } from "../src/command.js";
 import { ConfigError, CustomLLM } from "../src/index.js";
-import { type MockServer, startMockServer } from "../src/testing.js";
-
-const PY_SRC = resolve(__dirname, "..", "..", "python", "src");
-process.env.PYTHONPATH = [PY_SRC, process.env.PYTHONPATH].filter(Boolean).join(":");
+import { type MockServerHandle, startMockServer } from "../src/testing.js";
 
 const TURN = {
   text: ["It is ", "sunny."],
@@ -15,7 +11,7 @@ const TURN = {
   usage: { prompt_tokens: 9, completion_tokens: 4 },
 };
 
-let server: MockServer;
+let server: MockServerHandle;
 beforeAll(async () => {
   server = await startMockServer({ script: TURN });
 });

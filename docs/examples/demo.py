@@ -2,13 +2,20 @@
 both against brainline's embedded OpenAI-compatible server on 127.0.0.1 (no network, no key).
 
     python docs/examples/demo.py [--node typescript/]
+
+With --node the server is the TypeScript one (`brainline mock-server` from the built package), else
+the Python one: the same script format, the same bytes (tests/mockserver/test_drift.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import sys
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from brainline import CustomLLM, assemble_tool_calls
@@ -45,14 +52,34 @@ async def python_turn(url: str) -> None:
         assert not assemble_tool_calls(events)
 
 
+@contextlib.asynccontextmanager
+async def typescript_server(package: Path) -> AsyncIterator[str]:
+    """`node dist/cli.js mock-server --script FILE`: the base URL; stopped at end of its stdin."""
+    with tempfile.TemporaryDirectory(prefix="brainline-demo-") as tmp:
+        script = Path(tmp) / "script.json"
+        script.write_text(json.dumps(SCRIPT), encoding="utf-8")
+        cli = package / "dist" / "cli.js"
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(cli), "mock-server", "--script", str(script),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            yield (await proc.stdout.readline()).decode().strip()
+        finally:
+            proc.stdin.close()
+            await proc.wait()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--node", type=Path, help="the typescript/ package folder (built) to run the TS turn"
     )
     args = parser.parse_args()
-    async with MockServer(SCRIPT) as url:
-        print(f"embedded server: {url}")
+    server = MockServer(SCRIPT) if args.node is None else typescript_server(args.node.resolve())
+    async with server as url:
+        print(f"embedded server: {url}" + ("" if args.node is None else " (TypeScript)"))
         await python_turn(url)
         if args.node is not None:
             script = Path(__file__).with_name("demo.mjs")

@@ -1,6 +1,6 @@
 // `nox -s build` smoke turn for the installed npm tarball, as an ES module (run inside a fresh npm
-// project where `npm install <tarball>` put brainline in node_modules). BRAINLINE_PYTHON names a
-// Python that has the built wheel installed: it runs the mock server brainline/testing spawns.
+// project where `npm install <tarball>` put brainline in node_modules), against the mock server
+// brainline/testing starts in-process (no Python: no_python.py runs it with none on PATH).
 import { CustomLLM, VERSION } from "brainline";
 import { startMockServer } from "brainline/testing";
 

@@ -34,6 +34,9 @@ const ACCEPT_ENCODING = "gzip, deflate";
 const STATUS_LINE = /^HTTP\/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?$/;
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const UNSAFE_HEADER_TEXT = /[\r\n\0]/;
+/** The control bytes a received field line may not hold: all but HTAB (RFC 9110 §5.5). */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control bytes is its purpose
+const FIELD_CTL = /[\0-\x08\n-\x1f\x7f]/;
 
 type Net = typeof net;
 type Tls = typeof tls;
@@ -274,6 +277,8 @@ export class Call {
   private remaining = 0;
   private chunkState: ChunkState = "size";
   private trailerBytes = 0;
+  /** A trailer field came (an obsolete fold may follow it). */
+  private trailed = false;
   /** The minor HTTP version of the answer (1.0 or 1.1). */
   private minor = 1;
   private reusable = false;
@@ -430,7 +435,8 @@ export class Call {
       const rest = buf.subarray(end + 4);
       const status = this.parseStatus(lines[0] ?? "");
       if (status >= 100 && status < 200 && status !== 101) {
-        buf = rest; // an interim answer (100 Continue, 103 Early Hints): the real one follows
+        parseHeaders(lines); // an interim answer (100 Continue, 103 Early Hints): checked, then
+        buf = rest; // the real one follows
         continue;
       }
       this.start(status, parseHeaders(lines));
@@ -461,14 +467,18 @@ export class Call {
     const hasBody = !(this.head || status === 204 || status === 304 || status === 101);
     if (status === 101) this.reusable = false; // no longer HTTP on this connection
     if (transfer !== undefined) {
-      // The last coding decides; with a Content-Length too, the connection is not reused.
+      // Both is how request smuggling and response splitting begin (RFC 9112 §6.3): refused.
+      if (length !== undefined) throw new ProtocolError("Content-Length with Transfer-Encoding");
+      // The last coding decides.
       const codings = transfer.toLowerCase().split(",");
-      this.framing = codings[codings.length - 1]?.trim() === "chunked" ? "chunked" : "close";
-      if (length !== undefined || this.framing === "close") this.reusable = false;
+      const last = codings[codings.length - 1] as string;
+      this.framing = ows(last, 0, last.length) === "chunked" ? "chunked" : "close";
+      if (this.framing === "close") this.reusable = false;
     } else if (length !== undefined) {
-      const values = new Set(length.split(",").map((value) => value.trim()));
+      // A list of one repeated value is that value (RFC 9110 §8.6); leading zeros are digits.
+      const values = new Set(length.split(",").map((value) => ows(value, 0, value.length)));
       const value = values.size === 1 ? [...values][0] : undefined;
-      if (value === undefined || !/^[0-9]{1,15}$/.test(value)) {
+      if (value === undefined || !/^0*[0-9]{1,15}$/.test(value)) {
         throw new ProtocolError("bad Content-Length");
       }
       this.framing = "length";
@@ -485,7 +495,7 @@ export class Call {
     this.phase = "body";
     const body = new Body(this.pauseSource);
     this.body = body;
-    const encoding = headers.get("content-encoding")?.trim().toLowerCase();
+    const encoding = headers.get("content-encoding")?.toLowerCase();
     if (encoding !== undefined && encoding !== "" && encoding !== "identity") {
       if (zlibLoaded !== undefined) {
         this.attachDecoder(zlibLoaded, encoding);
@@ -600,6 +610,14 @@ export class Call {
           this.complete(lf + 1 === length);
           return;
         }
+        // A trailer field: checked as a header field, then dropped.
+        const line = Buffer.from(data.buffer, data.byteOffset + at, lineEnd - at).toString(
+          "latin1",
+        );
+        if (fieldLine(line)[0] === undefined && !this.trailed) {
+          throw new ProtocolError("bad trailer line");
+        }
+        this.trailed = true;
       }
       at = lf + 1;
     }
@@ -642,13 +660,16 @@ export class Call {
 }
 
 /**
- * The size on a chunk's line, data[at, end): 1-12 hex digits, then optional blanks and a chunk
- * extension (";...", ignored). Read from the bytes: there is one such line per event.
+ * The size on a chunk's line, data[at, end): 1-12 hex digits after any leading zeros, then
+ * optional blanks and a chunk extension (";...", ignored, RFC 9112 §7.1.1, but without control
+ * bytes such as a bare CR). Read from the bytes: there is one such line per event.
  */
 function chunkSize(data: Uint8Array, at: number, end: number): number {
   let size = 0;
   let i = at;
-  for (; i < end && i - at < 12; i++) {
+  while (i < end - 1 && data[i] === 0x30) i++;
+  const digits = i;
+  for (; i < end && i - digits < 12; i++) {
     const c = data[i] as number;
     const lower = c | 0x20; // a-f for A-F
     const digit =
@@ -658,7 +679,12 @@ function chunkSize(data: Uint8Array, at: number, end: number): number {
   }
   if (i === at) throw new ProtocolError("bad chunk size");
   while (i < end && (data[i] === 0x20 || data[i] === 0x09)) i++;
-  if (i < end && data[i] !== 0x3b) throw new ProtocolError("bad chunk size");
+  if (i === end) return size;
+  if (data[i] !== 0x3b) throw new ProtocolError("bad chunk size");
+  for (i++; i < end; i++) {
+    const c = data[i] as number;
+    if ((c < 0x20 && c !== 0x09) || c === 0x7f) throw new ProtocolError("bad chunk extension");
+  }
   return size;
 }
 
@@ -672,21 +698,54 @@ function indexOfHeadEnd(buf: Uint8Array): number {
   return -1;
 }
 
+/** The fields of a head's lines (the first is the status line). */
 function parseHeaders(lines: readonly string[]): Map<string, string> {
   const headers = new Map<string, string>();
+  let last: string | undefined;
   for (let i = 1; i < lines.length; i++) {
-    const line = lines[i] as string;
-    const colon = line.indexOf(":");
-    const name = colon > 0 ? line.slice(0, colon) : "";
-    if (!TOKEN.test(name) || UNSAFE_HEADER_TEXT.test(line)) {
-      throw new ProtocolError("bad header line"); // also an obsolete folded line
+    const [name, value] = fieldLine(lines[i] as string);
+    if (name === undefined) {
+      // An obsolete line fold: a user agent reads it as SP (RFC 9112 §5.2). Whitespace before
+      // the first field is refused (§2.2).
+      if (last === undefined) throw new ProtocolError("bad header line");
+      const before = headers.get(last) as string;
+      if (value !== "") headers.set(last, before === "" ? value : `${before} ${value}`);
+      continue;
     }
     const key = name.toLowerCase();
-    const value = line.slice(colon + 1).trim();
     const before = headers.get(key);
     headers.set(key, before === undefined ? value : `${before}, ${value}`);
+    last = key;
   }
   return headers;
+}
+
+/**
+ * A field line's name and value (RFC 9112 §5): a token, a colon, the value without the SP and
+ * HTAB around it, no control byte but HTAB. A line that starts with SP or HTAB continues the one
+ * before it (obs-fold): its name is undefined.
+ */
+function fieldLine(line: string): [name: string | undefined, value: string] {
+  if (FIELD_CTL.test(line)) throw new ProtocolError("bad header line");
+  const first = line.charCodeAt(0);
+  if (first === 0x20 || first === 0x09) return [undefined, ows(line, 0, line.length)];
+  const colon = line.indexOf(":");
+  const name = colon > 0 ? line.slice(0, colon) : "";
+  if (!TOKEN.test(name)) throw new ProtocolError("bad header line");
+  return [name, ows(line, colon + 1, line.length)];
+}
+
+/** text[from, to) without the SP and HTAB at either end (only those: RFC 9110 §5.6.3). */
+function ows(text: string, from: number, to: number): string {
+  let start = from;
+  let end = to;
+  while (start < end && (text.charCodeAt(start) === 0x20 || text.charCodeAt(start) === 0x09)) {
+    start++;
+  }
+  while (end > start && (text.charCodeAt(end - 1) === 0x20 || text.charCodeAt(end - 1) === 0x09)) {
+    end--;
+  }
+  return text.slice(start, end);
 }
 
 /** One keep-alive socket: busy with one Call, or idle in the pool. */

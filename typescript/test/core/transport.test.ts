@@ -161,12 +161,6 @@ describe("framing", () => {
       "ok",
       false,
     ],
-    [
-      "Transfer-Encoding and Content-Length: chunked wins, not reused",
-      [`${OK}Content-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n`],
-      "ok",
-      false,
-    ],
     ["bytes after the body: not reused", [`${OK}Content-Length: 2\r\n\r\nokEXTRA`], "ok", false],
   ])("%s", async (_name, pieces, text, reused) => {
     const [texts, sameConnection] = await twice([pieces, pieces]);
@@ -201,14 +195,80 @@ describe("framing", () => {
   });
 });
 
+/** The status, the named headers and the body of one answer. */
+async function answer(
+  pieces: readonly string[],
+  names: readonly string[],
+): Promise<[number, (string | null)[], string]> {
+  server = new RawServer([pieces]);
+  const call = new Call(await Target.of(await server.start()), "GET", [], undefined, 10_000);
+  const reply = await call.reply;
+  let text = "";
+  for (
+    let piece = await reply.body?.read();
+    piece !== undefined;
+    piece = await reply.body?.read()
+  ) {
+    text += Buffer.from(piece).toString("latin1");
+  }
+  return [reply.status, names.map((name) => reply.header(name)), text];
+}
+
+// Where the differential fuzz against llhttp (tests/fuzz/http_diff.mjs) found this transport
+// reading RFC 9110 / 9112 otherwise.
+describe("field values and lengths as RFC 9110 / 9112 read them", () => {
+  it("trims only SP and HTAB around a value (a no-break space is part of it)", async () => {
+    const head = `${OK}X-A: \xa0v\xa0\r\nX-B:\t v \t\r\nContent-Length: 2\r\n\r\nok`;
+    expect(await answer([head], ["x-a", "x-b"])).toEqual([200, ["\xa0v\xa0", "v"], "ok"]);
+  });
+
+  it("does not take a no-break space and chunked for chunked", async () => {
+    const raw = "2\r\nok\r\n0\r\n\r\n";
+    const head = `${OK}Transfer-Encoding: \xa0chunked\r\n\r\n${raw}`;
+    expect(await answer([head, "<close>"], [])).toEqual([200, [], raw]);
+  });
+
+  it("reads leading zeros in a Content-Length and in chunk sizes", async () => {
+    const length = `${OK}Content-Length: 0000000000000002\r\n\r\nok`;
+    expect(await answer([length], [])).toEqual([200, [], "ok"]);
+    const chunked = `${OK}Transfer-Encoding: chunked\r\n\r\n${"0".repeat(20)}2\r\nok\r\n${"0".repeat(20)}\r\n\r\n`;
+    expect(await answer([chunked], [])).toEqual([200, [], "ok"]);
+  });
+
+  it("reads an obsolete line fold as a space (RFC 9112 §5.2), in headers and trailers", async () => {
+    const head = `${OK}X-A: 1\r\n folded\r\n\t again \r\nX-B:\r\n b\r\nTransfer-Encoding: chunked\r\n\r\n`;
+    const body = "2\r\nok\r\n0\r\nX-T: 1\r\n more\r\n\r\n";
+    expect(await answer([head + body], ["x-a", "x-b"])).toEqual([
+      200,
+      ["1 folded again", "b"],
+      "ok",
+    ]);
+  });
+});
+
 describe("responses that break HTTP", () => {
   it.each<[string, string[]]>([
     ["a bad status line", ["HTTP/2 200 OK\r\n\r\n"]],
     ["not HTTP at all", ["SSH-2.0-OpenSSH\r\n\r\n"]],
     ["a header without a colon", [`${OK}Nonsense\r\n\r\n`]],
-    ["an obsolete folded header", [`${OK}X-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n`]],
+    ["a folded line before the first header", [`${OK} folded\r\nContent-Length: 0\r\n\r\n`]],
     ["a bad Content-Length", [`${OK}Content-Length: 12abc\r\n\r\n`]],
     ["two different Content-Lengths", [`${OK}Content-Length: 2\r\nContent-Length: 3\r\n\r\nok`]],
+    [
+      "Content-Length and Transfer-Encoding",
+      [`${OK}Content-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n`],
+    ],
+    [
+      "Transfer-Encoding and Content-Length on a 204",
+      ["HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n"],
+    ],
+    ["a DEL in a header value", [`${OK}X-A: a\x7fb\r\nContent-Length: 0\r\n\r\n`]],
+    ["a control byte in a header value", [`${OK}X-A: \x01\r\nContent-Length: 0\r\n\r\n`]],
+    ["a vertical tab after chunked", [`${OK}Transfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n`]],
+    [
+      "a bad header in an interim answer",
+      [`HTTP/1.1 103 Early Hints\r\nX A: 1\r\n\r\n${OK}Content-Length: 0\r\n\r\n`],
+    ],
     ["a head over 16 KiB", [`${OK}X-Pad: ${"z".repeat(17_000)}\r\n\r\n`]],
   ])("%s: the reply rejects with ProtocolError", async (_name, pieces) => {
     server = new RawServer([pieces]);
@@ -225,6 +285,16 @@ describe("responses that break HTTP", () => {
     ],
     ["a chunk without its CRLF", [`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n`]],
     ["a bare LF in the chunk framing", [`${OK}Transfer-Encoding: chunked\r\n\r\n2\nok\r\n`]],
+    ["a bare CR in a chunk extension", [`${OK}Transfer-Encoding: chunked\r\n\r\n2;a\rb\r\nok\r\n`]],
+    ["a NUL in a chunk extension", [`${OK}Transfer-Encoding: chunked\r\n\r\n2;a=\0\r\nok\r\n`]],
+    [
+      "a trailer that is not a field",
+      [`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX A: 1\r\n\r\n`],
+    ],
+    [
+      "a trailer with a control byte",
+      [`${OK}Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: \x01\r\n\r\n`],
+    ],
   ])("%s: the body read rejects with ProtocolError", async (_name, pieces) => {
     server = new RawServer([pieces]);
     const url = await server.start();

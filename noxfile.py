@@ -154,14 +154,20 @@ DIST = ROOT / "dist"
 
 @nox.session
 def fuzz(session: nox.Session) -> None:
-    """Coverage-guided fuzzing of the Python SSE decoder (atheris), seeded from the parity cases.
+    """Coverage-guided fuzzing of the Python SSE decoder (atheris), seeded from the parity cases,
+    then the differential fuzz of the TypeScript HTTP/1.1 transport against llhttp (node:http).
 
-    Off by default. Posargs go to libFuzzer; default -max_total_time=60 (seconds).
+    Off by default. Posargs of the form `--name=value` go to tests/fuzz/http_diff.mjs (default: a
+    fresh seed, 20,000 cases or 60 s; e.g. `--seconds=600 --cases=200000`, `--seed=N --only=I`),
+    the others to libFuzzer (default -max_total_time=60).
     """
+    http_args = [arg for arg in session.posargs if arg.startswith("--")]
+    libfuzzer_args = [arg for arg in session.posargs if not arg.startswith("--")]
     session.install(*_group("fuzz"))
     session.install("-e", "python")
-    args = session.posargs or ["-max_total_time=60"]
-    session.run("python", "tests/fuzz/fuzz_sse.py", *args)
+    session.run("python", "tests/fuzz/fuzz_sse.py", *(libfuzzer_args or ["-max_total_time=60"]))
+    _npm_ci(session)  # esbuild bundles transport.ts
+    session.run("node", "tests/fuzz/http_diff.mjs", *http_args, external=True)
 
 
 @nox.session

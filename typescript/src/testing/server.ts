@@ -333,10 +333,6 @@ export class MockServer {
     clearTimeout(timer);
   }
 
-  async [Symbol.asyncDispose ?? Symbol.for("Symbol.asyncDispose")](): Promise<void> {
-    await this.stop();
-  }
-
   // -- script and records -------------------------------------------------------------------------
 
   /** Replace the whole script; response counters restart. Throws ScriptError. */

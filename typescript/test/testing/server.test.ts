@@ -1,7 +1,11 @@
 // The TypeScript MockServer (src/testing/server.ts) through its API and a real brainline client.
 // Its bytes are compared with the Python server's by tests/mockserver/test_drift.py.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { afterEach, expect, test } from "vitest";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, expect, test, vi } from "vitest";
+import { main } from "../../src/command.js";
 import { CustomLLM, type Event } from "../../src/index.js";
 import {
   compileScript,
@@ -178,5 +182,24 @@ test("startMockServer runs in-process: no Python, the demo turn by default", asy
     await expect(startMockServer({ port: taken.port })).rejects.toThrow(MockServerUnavailableError);
   } finally {
     await taken.stop();
+  }
+});
+
+test("brainline mock-server refuses a bad port, an unreadable or invalid script (exit 2)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "brainline-mock-"));
+  const err = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
+  try {
+    const bad = join(dir, "bad.json");
+    writeFileSync(bad, JSON.stringify({ text: "a", bogus: 1 }));
+    expect(await main(["mock-server", "--port", "x"])).toBe(2);
+    expect(await main(["mock-server", "--script", join(dir, "missing.json")])).toBe(2);
+    expect(await main(["mock-server", "--script", bad])).toBe(2);
+    const lines = err.mock.calls.map(([chunk]) => String(chunk));
+    expect(lines[0]).toMatch(/^error: usage: --port must be an integer, got "x"/);
+    expect(lines[1]).toMatch(/^cannot read script .*missing\.json: /);
+    expect(lines[2]).toBe("invalid script: responses[0]: unknown response keys ['bogus']\n");
+  } finally {
+    err.mockRestore();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -183,6 +183,33 @@ def soak(session: nox.Session) -> None:
     session.run("python", "tests/soak/soak.py", *session.posargs)
 
 
+LIVEKIT_NODE = ROOT / "tests" / "integrations" / "livekit-node"
+
+
+@nox.session(name="integrations-node", python=False)
+def integrations_node(session: nox.Session) -> None:
+    """brainline/livekit against the real @livekit/agents (pinned in tests/integrations/livekit-node/
+    package-lock.json), from the packed npm tarball as users install it.
+
+    That folder has its own lock file, so the package's toolchain stays light; the endpoint is
+    brainline/testing's mock server (in-process). .ci/run runs it after `tests`.
+    """
+    import tempfile
+
+    _npm_ci(session)
+    _npm(session, "build")
+    folder = str(LIVEKIT_NODE)
+    session.run("npm", "ci", "--prefix", folder, "--no-audit", "--no-fund", external=True)
+    with tempfile.TemporaryDirectory(prefix="brainline-pack-") as tmp:
+        session.run("npm", "pack", TS, "--pack-destination", tmp, "--silent", external=True)
+        (tarball,) = Path(tmp).glob("*.tgz")
+        # --no-save: the lock file pins the framework only; brainline is always this build.
+        install = ["install", "--prefix", folder, "--no-save", "--no-audit", "--no-fund"]
+        session.run("npm", *install, str(tarball), external=True)
+    session.run("npm", "--prefix", folder, "run", "typecheck", external=True)
+    session.run("npm", "--prefix", folder, "test", external=True)
+
+
 def _artifacts() -> tuple[Path, Path, Path]:
     """(wheel, sdist, npm tarball) in dist/, exactly one of each."""
     found = [sorted(DIST.glob(pattern)) for pattern in ("*.whl", "*.tar.gz", "*.tgz")]

@@ -79,9 +79,12 @@ export class LLM extends llm.LLM {
     return "brainline.LLM";
   }
 
+  /** The provider's model; a FallbackLLM's first endpoint's. */
   override get model(): string {
-    const config = (this.#llm as { config?: { model?: unknown } }).config;
-    return typeof config?.model === "string" && config.model !== "" ? config.model : "unknown";
+    type Source = { config?: { model?: unknown }; llms?: readonly Source[] };
+    const source = this.#llm as Source;
+    const model = source.config?.model ?? source.llms?.[0]?.config?.model;
+    return typeof model === "string" && model !== "" ? model : "unknown";
   }
 
   override get provider(): string {

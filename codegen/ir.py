@@ -123,6 +123,7 @@ class Spec:
     catalog: tuple[Option, ...]  # the engine's options: the fields of LLMConfig
     providers: tuple[Provider, ...]
     sources: dict[str, str] = field(default_factory=dict)
+    fallback: tuple[Option, ...] = ()  # FallbackLLM's options (spec/fallback.yaml)
 
     def error(self, code: str) -> ErrorDef:
         return next(e for e in self.errors if e.code == code)
@@ -248,6 +249,13 @@ def build(raw: RawSpec) -> Spec:
     if len(set(names)) != len(names):
         raise SpecError(f"{src['options']}: options: duplicate option names")
 
+    fallback = tuple(
+        _option(o, types, res, f"{src['fallback']}: options[{i}]", codes, True)
+        for i, o in enumerate(raw.fallback.options)
+    )
+    if len({o.name for o in fallback}) != len(fallback):
+        raise SpecError(f"{src['fallback']}: options: duplicate option names")
+
     providers = _providers(raw, res, catalog, types, codes)
     return Spec(
         name=raw.package.name,
@@ -263,6 +271,7 @@ def build(raw: RawSpec) -> Spec:
         catalog=tuple(catalog),
         providers=providers,
         sources=src,
+        fallback=fallback,
     )
 
 

@@ -21,6 +21,7 @@ FILE_KINDS: dict[str, str] = {
     "constants.yaml": "ConstantsFile",
     "errors.yaml": "ErrorsFile",
     "options.yaml": "OptionsFile",
+    "fallback.yaml": "FallbackFile",
 }
 PROVIDER_KIND = "ProviderFile"
 
@@ -37,8 +38,9 @@ class RawSpec:
     constants: model.ConstantsFile
     errors: model.ErrorsFile
     options: model.OptionsFile
+    fallback: model.FallbackFile
     providers: dict[str, tuple[Path, model.ProviderFile]]  # file stem -> (path, provider)
-    sources: dict[str, Path]  # "package" / "constants" / "errors" / "options" -> path
+    sources: dict[str, Path]  # "package" / "constants" / "errors" / "options" / "fallback" -> path
 
 
 def _json_path(path: Any) -> str:
@@ -107,6 +109,7 @@ def load(root: Path) -> RawSpec:
         constants=parsed["constants"],
         errors=parsed["errors"],
         options=parsed["options"],
+        fallback=parsed["fallback"],
         providers=providers,
         sources=sources,
     )

@@ -173,6 +173,17 @@ class OptionsFile(BaseModel):
     options: list[Option] = Field(..., min_length=1)
 
 
+class FallbackFile(BaseModel):
+    """
+    spec/fallback.yaml
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+    )
+    options: list[Option] = Field(..., min_length=1)
+
+
 class Override(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -228,3 +239,4 @@ class BrainlineSpec(BaseModel):
     errors: ErrorsFile
     options: OptionsFile
     providers: list[ProviderFile]
+    fallback: FallbackFile

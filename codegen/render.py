@@ -144,11 +144,13 @@ def render_all(spec: Spec) -> dict[str, str]:
     put(f"{py_gen}/constants.py.j2", [s["constants"], s["package"]])
     put(f"{py_gen}/errors.py.j2", [s["errors"]])
     put(f"{py_gen}/options.py.j2", [s["options"]])
+    put(f"{py_gen}/fallback.py.j2", [s["fallback"]])
     put(f"{py_gen}/registry.py.j2", provider_files)
     put(f"{py_gen}/cli_options.py.j2", [s["options"], *provider_files])
     put(f"{ts_gen}/constants.ts.j2", [s["constants"], s["package"]])
     put(f"{ts_gen}/errors.ts.j2", [s["errors"]])
     put(f"{ts_gen}/options.ts.j2", [s["options"]])
+    put(f"{ts_gen}/fallback.ts.j2", [s["fallback"]])
     put(f"{ts_gen}/index.ts.j2", provider_files)
     put(f"{ts_gen}/cli_options.ts.j2", [s["options"], *provider_files])
     for p in spec.providers:
@@ -165,6 +167,7 @@ def render_all(spec: Spec) -> dict[str, str]:
     put("typescript/test/generated/spec.test.ts.j2", everything)
     put("docs/reference/providers.md.j2", everything)
     put("docs/reference/errors.md.j2", [s["errors"]])
+    put("docs/reference/fallback.md.j2", [s["fallback"]])
     return out
 
 

@@ -7,6 +7,7 @@ export {
   APIConnectionError,
   APIStatusError,
   APITimeoutError,
+  AllEndpointsFailedError,
   BrainlineError,
   ConfigError,
   StreamError,
@@ -17,6 +18,9 @@ export {
   type FinishEvent,
   type ProgressEvent,
   type ReasoningEvent,
+  type RouteEvent,
+  type RouteFailure,
+  type RouteReason,
   type TextEvent,
   type ToolCall,
   type ToolCallEvent,
@@ -24,5 +28,7 @@ export {
   type Usage,
   type UsageEvent,
 } from "./core/events.js";
+export { FallbackLLM } from "./core/fallback.js";
 export { hashCaller, type SessionContext } from "./core/session.js";
 export * from "./generated/index.js";
+export type { FallbackConfig, FallbackOptions } from "./generated/fallback.js";

@@ -6,6 +6,7 @@ streams, decodes and cancels is in brainline._core. This module only re-exports 
 
 from ._core.client import BaseLLM
 from ._core.errors import (
+    AllEndpointsFailedError,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -18,6 +19,8 @@ from ._core.events import (
     FinishEvent,
     ProgressEvent,
     ReasoningEvent,
+    RouteEvent,
+    RouteFailure,
     TextEvent,
     ToolCall,
     ToolCallEvent,
@@ -26,9 +29,11 @@ from ._core.events import (
     UsageEvent,
     assemble_tool_calls,
 )
+from ._core.fallback import FallbackLLM
 from ._core.session import SessionContext, hash_caller
 from ._generated import registry as _registry
 from ._generated.constants import USER_AGENT, VERSION
+from ._generated.fallback import FallbackConfig
 from ._generated.options import LLMConfig
 from ._generated.registry import *  # noqa: F403  (every provider class of the spec)
 
@@ -40,14 +45,19 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "AllEndpointsFailedError",
     "BaseLLM",
     "BrainlineError",
     "ConfigError",
     "Event",
+    "FallbackConfig",
+    "FallbackLLM",
     "FinishEvent",
     "LLMConfig",
     "ProgressEvent",
     "ReasoningEvent",
+    "RouteEvent",
+    "RouteFailure",
     "SessionContext",
     "StreamError",
     "TextEvent",

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from brainline._core.errors import (
+    AllEndpointsFailedError,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -75,12 +76,27 @@ def test_every_code_builds_its_class() -> None:
         "APITimeoutError": APITimeoutError,
         "APIStatusError": APIStatusError,
         "StreamError": StreamError,
+        "AllEndpointsFailedError": AllEndpointsFailedError,
     }
     for code, (class_name, _) in ERRORS.items():
         error = make_error(code)
         assert type(error) is classes[class_name], code
         assert error.code == code
         assert isinstance(error, BrainlineError)
+
+
+def test_all_endpoints_failed_carries_each_error() -> None:
+    first = make_error("connection_error", url="u")
+    second = make_error("http_status", url="v", status=503, detail="busy")
+    error = make_error(
+        "all_endpoints_failed", detail="connection_error, http_status", errors=[first, second]
+    )
+    assert isinstance(error, AllEndpointsFailedError)
+    assert str(error) == "every endpoint failed: connection_error, http_status"
+    assert error.errors == [first, second]
+    assert make_error("all_endpoints_failed").errors == []  # type: ignore[attr-defined]
+    copy = pickle.loads(pickle.dumps(error))
+    assert [e.code for e in copy.errors] == ["connection_error", "http_status"]
 
 
 def test_messages_fill_the_spec_templates() -> None:

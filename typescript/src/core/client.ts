@@ -38,6 +38,18 @@ export interface StreamOptions {
   readonly callee?: string | undefined;
 }
 
+/**
+ * FallbackLLM's private per-turn switch (core only, not exported by the package): in stream()'s
+ * options, `true` makes an error the engine would retry after a wait (a backoff, Retry-After) throw
+ * at once, so that the FallbackLLM starts its next endpoint instead.
+ */
+export const FAILOVER: unique symbol = Symbol("brainline.failover");
+
+/** StreamOptions with FallbackLLM's private switch. */
+export interface InternalStreamOptions extends StreamOptions {
+  readonly [FAILOVER]?: boolean | undefined;
+}
+
 /** The longest delay setTimeout accepts; longer ones would fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const HEADER_UNSAFE = /[\r\n\0]/;
@@ -73,6 +85,8 @@ class Exchange {
   clock: ClockCode | undefined = undefined;
   /** The body was read to its end: nothing to abort, the connection went back to the pool. */
   finished = false;
+  /** Inside a FallbackLLM: an error retried after a wait is thrown at once instead. */
+  failover = false;
   private timer: ReturnType<typeof setTimeout> | undefined = undefined;
   private armedAt = Infinity;
   private deadline = 0;
@@ -334,6 +348,7 @@ export class BaseLLM {
     const config = this.llmConfig;
     const url = this.url;
     const exchange = new Exchange(signal, config.timeout * 1000, config);
+    exchange.failover = (options as InternalStreamOptions | null)?.[FAILOVER] === true;
     this.active.add(exchange);
     const state = new TurnState(config.reasoning);
     try {
@@ -544,6 +559,7 @@ export class BaseLLM {
         } else {
           throw failure; // a fresh connection took the request: it may have run
         }
+        if (exchange.failover && wait > 0) throw failure; // FallbackLLM: the next endpoint, now
       } else {
         if (response.status >= 200 && response.status <= 299) return response;
         const failure = (await this.statusError(response, exchange, this.url)) as APIStatusError;
@@ -555,7 +571,7 @@ export class BaseLLM {
           continue;
         }
         const retryWait = retryWaitFor(failure, retries, config.maxRetries, budget);
-        if (retryWait === undefined) throw failure;
+        if (retryWait === undefined || (exchange.failover && retryWait > 0)) throw failure;
         wait = retryWait;
       }
       retries += 1;
@@ -793,8 +809,8 @@ export class BaseLLM {
   }
 }
 
-/** The checks stream() runs on its arguments before anything is sent. */
-function checkCallArguments(
+/** The checks stream() runs on its arguments before anything is sent (FallbackLLM's too). */
+export function checkCallArguments(
   messages: unknown,
   tools: unknown,
   callId: unknown,

@@ -81,6 +81,25 @@ export class StreamError extends BrainlineError {
   }
 }
 
+/**
+ * Every endpoint of a FallbackLLM failed before the turn's first event. Carries `errors`: each
+ * attempt's own typed error, in the order the attempts started.
+ */
+export class AllEndpointsFailedError extends BrainlineError {
+  /** Each attempt's own error, in the order the attempts started. */
+  readonly errors: BrainlineError[];
+
+  constructor(
+    code: string,
+    message: string,
+    options?: { errors?: readonly BrainlineError[]; cause?: unknown },
+  ) {
+    super(code, message, options);
+    this.name = "AllEndpointsFailedError";
+    this.errors = [...(options?.errors ?? [])];
+  }
+}
+
 /** Params inserted into a message as-is; every other param goes through formatValue. */
 const VERBATIM_PARAMS: ReadonlySet<string> = new Set([
   "option",
@@ -103,7 +122,8 @@ const NULL_WORD = "undefined";
  * `expected`, `null`, `pattern` or ending in `_name`, which are inserted as they are. A placeholder
  * without a param stays as written, except `{null}`, which defaults to "undefined". Params that are
  * not placeholders are ignored by the message; `status`, `body` and `retryAfter` (APIStatusError),
- * `partialText` (StreamError) and `cause` (any class) become properties.
+ * `partialText` (StreamError), `errors` (AllEndpointsFailedError) and `cause` (any class) become
+ * properties.
  */
 export function makeError(
   code: ErrorCode,
@@ -138,6 +158,10 @@ export function makeError(
         partialText: typeof partialText === "string" ? partialText : "",
         cause: params.cause,
       });
+    }
+    case "AllEndpointsFailedError": {
+      const errors = Array.isArray(params.errors) ? (params.errors as BrainlineError[]) : [];
+      return new AllEndpointsFailedError(code, message, { errors, cause: params.cause });
     }
     default:
       return new BrainlineError(code, message, cause);

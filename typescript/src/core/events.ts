@@ -52,6 +52,29 @@ export interface FinishEvent {
   readonly reason: FinishReason;
 }
 
+/** How the winning attempt of a FallbackLLM turn started. */
+export type RouteReason = "primary" | "hedge" | "failover";
+
+/** An attempt of a FallbackLLM turn that failed before the winner's first event. */
+export interface RouteFailure {
+  readonly endpoint: number;
+  readonly code: string;
+}
+
+/**
+ * The first event of every FallbackLLM turn (plain providers never emit it): the endpoint that
+ * answers (its index in the FallbackLLM's list and its provider key), how its attempt started (the
+ * first attempt, by the hedge timer, or because the attempts before it failed), and the attempts
+ * that failed before it, in the order they started.
+ */
+export interface RouteEvent {
+  readonly type: "route";
+  readonly endpoint: number;
+  readonly provider: string;
+  readonly reason: RouteReason;
+  readonly failed: readonly RouteFailure[];
+}
+
 /** Everything stream() yields; the keys are the same as in Python. */
 export type Event =
   | TextEvent
@@ -59,7 +82,8 @@ export type Event =
   | ReasoningEvent
   | ProgressEvent
   | UsageEvent
-  | FinishEvent;
+  | FinishEvent
+  | RouteEvent;
 
 /** A complete tool call: the deltas of one index joined. */
 export interface ToolCall {

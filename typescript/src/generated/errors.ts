@@ -8,6 +8,7 @@ export const ERROR_CLASSES = [
   "APITimeoutError",
   "APIStatusError",
   "StreamError",
+  "AllEndpointsFailedError",
 ] as const;
 
 /** Every error code brainline raises: code -> [class name, message template]. */
@@ -45,6 +46,10 @@ export const ERRORS = {
     "messages must be a non-empty list of message objects, each with a string role",
   ],
   invalid_tools: ["ConfigError", "tools must be a list of tool objects"],
+  invalid_llms: [
+    "ConfigError",
+    "llms must be a non-empty list of brainline LLM instances (providers, not a FallbackLLM)",
+  ],
   unknown_option: ["ConfigError", "{class_name} got an unknown option {value}{detail}"],
   connection_error: ["APIConnectionError", "could not connect to {url}"],
   connect_timeout: ["APITimeoutError", "no connection to {url} within {timeout} s"],
@@ -57,6 +62,7 @@ export const ERRORS = {
   malformed: ["StreamError", "malformed stream: {detail}"],
   interrupted: ["StreamError", "the connection was lost mid-stream"],
   too_large: ["StreamError", "a stream {what} exceeded {limit} bytes"],
+  all_endpoints_failed: ["AllEndpointsFailedError", "every endpoint failed: {detail}"],
 } as const satisfies Record<string, readonly [(typeof ERROR_CLASSES)[number], string]>;
 
 /** A stable error code. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  AllEndpointsFailedError,
   APIConnectionError,
   APIStatusError,
   APITimeoutError,
@@ -108,6 +109,19 @@ describe("makeError", () => {
     expect(stream).toBeInstanceOf(StreamError);
     expect((stream as StreamError).partialText).toBe("Hel");
     expect(stream.message).toBe("the connection was lost mid-stream");
+  });
+
+  it("gives AllEndpointsFailedError each attempt's error", () => {
+    const first = makeError("connection_error", { url: "u" });
+    const second = makeError("http_status", { url: "v", status: 503, detail: "busy" });
+    const err = makeError("all_endpoints_failed", {
+      detail: "connection_error, http_status",
+      errors: [first, second],
+    });
+    expect(err).toBeInstanceOf(AllEndpointsFailedError);
+    expect(err.message).toBe("every endpoint failed: connection_error, http_status");
+    expect((err as AllEndpointsFailedError).errors).toEqual([first, second]);
+    expect((makeError("all_endpoints_failed") as AllEndpointsFailedError).errors).toEqual([]);
   });
 
   it("keeps the cause", () => {

@@ -394,6 +394,7 @@ class BaseLLM:
         call_id: str | None = None,
         caller: str | None = None,
         callee: str | None = None,
+        _failover: bool = False,
     ) -> AsyncIterator[Event]:
         """Stream one turn: reasoning, text and tool-call events as they arrive, then one usage
         event (when the server sent usage) and a finish event.
@@ -414,7 +415,7 @@ class BaseLLM:
         state = TurnState(self._config.reasoning)
         response: httpx.Response | None = None
         try:
-            response = await self._send(client, headers, body, messages, tools, call_id)
+            response = await self._send(client, headers, body, messages, tools, call_id, _failover)
             if barge is not None:
                 barge.response = response
 
@@ -613,6 +614,7 @@ class BaseLLM:
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None,
         call_id: str | None,
+        failover: bool = False,
     ) -> httpx.Response:
         """POST the turn and return the 2xx response (its body not read yet).
 
@@ -656,6 +658,8 @@ class BaseLLM:
                 if retry_wait is None:
                     raise error
                 wait = retry_wait
+            if failover and wait > 0:  # inside a FallbackLLM: the next endpoint now, not a wait
+                raise error
             retries += 1
             budget -= wait
             logger.debug("retry %d in %.3f s (%s)", retries, wait, error.code)

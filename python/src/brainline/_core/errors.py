@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._generated.errors import ERRORS
@@ -18,6 +18,7 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "AllEndpointsFailedError",
     "BrainlineError",
     "ConfigError",
     "StreamError",
@@ -84,6 +85,17 @@ class StreamError(BrainlineError):
         self.partial_text = partial_text
 
 
+class AllEndpointsFailedError(BrainlineError):
+    """Every endpoint of a FallbackLLM failed before the turn's first event.
+
+    Carries `errors`: each attempt's own typed error, in the order the attempts started.
+    """
+
+    def __init__(self, code: str, message: str, *, errors: Sequence[BrainlineError] = ()) -> None:
+        super().__init__(code, message)
+        self.errors = list(errors)
+
+
 _CLASSES: dict[str, type[BrainlineError]] = {
     cls.__name__: cls
     for cls in (
@@ -93,6 +105,7 @@ _CLASSES: dict[str, type[BrainlineError]] = {
         APITimeoutError,
         APIStatusError,
         StreamError,
+        AllEndpointsFailedError,
     )
 }
 
@@ -110,7 +123,8 @@ def make_error(code: str, **params: Any) -> BrainlineError:
     `what`, `expected`, `null`, `pattern` or ending in `_name`, which are inserted as they are.
     A placeholder without a param stays as written, except `{null}`, which defaults to "None".
     Params that are not placeholders are ignored by the message; `status`, `body` and
-    `retry_after` (APIStatusError) and `partial_text` (StreamError) become attributes.
+    `retry_after` (APIStatusError), `partial_text` (StreamError) and `errors`
+    (AllEndpointsFailedError) become attributes.
     An unknown code raises KeyError (a bug in the caller, not a user error).
     """
     class_name, template = ERRORS[code]
@@ -137,6 +151,8 @@ def make_error(code: str, **params: Any) -> BrainlineError:
         )
     if cls is StreamError:
         return StreamError(code, message, partial_text=params.get("partial_text", ""))
+    if cls is AllEndpointsFailedError:
+        return AllEndpointsFailedError(code, message, errors=params.get("errors", ()))
     return cls(code, message)
 
 

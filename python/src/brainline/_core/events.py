@@ -15,6 +15,9 @@ __all__ = [
     "FinishReason",
     "ProgressEvent",
     "ReasoningEvent",
+    "RouteEvent",
+    "RouteFailure",
+    "RouteReason",
     "TextEvent",
     "ToolCall",
     "ToolCallEvent",
@@ -80,9 +83,33 @@ class FinishEvent(TypedDict):
     reason: FinishReason
 
 
+RouteReason = Literal["primary", "hedge", "failover"]
+
+
+class RouteFailure(TypedDict):
+    """An attempt of a FallbackLLM turn that failed before the winner's first event."""
+
+    endpoint: int
+    code: str
+
+
+class RouteEvent(TypedDict):
+    """The first event of every FallbackLLM turn (plain providers never emit it): the endpoint that
+    answers (its index in the FallbackLLM's list and its provider key), how its attempt started
+    (the first attempt, by the hedge timer, or because the attempts before it failed), and the
+    attempts that failed before it, in the order they started.
+    """
+
+    type: Literal["route"]
+    endpoint: int
+    provider: str
+    reason: RouteReason
+    failed: list[RouteFailure]
+
+
 # Union[...] rather than `|`: this alias is evaluated at runtime on Python 3.10 too.
 Event = Union[  # noqa: UP007
-    TextEvent, ToolCallEvent, ReasoningEvent, ProgressEvent, UsageEvent, FinishEvent
+    TextEvent, ToolCallEvent, ReasoningEvent, ProgressEvent, UsageEvent, FinishEvent, RouteEvent
 ]
 """Everything stream() yields."""
 

@@ -12,6 +12,7 @@ ERROR_CLASSES: Final[tuple[str, ...]] = (
     "APITimeoutError",
     "APIStatusError",
     "StreamError",
+    "AllEndpointsFailedError",
 )
 """The error classes, base first."""
 
@@ -52,6 +53,10 @@ ERRORS: Final[dict[str, tuple[str, str]]] = {
         "messages must be a non-empty list of message objects, each with a string role",
     ),
     "invalid_tools": ("ConfigError", "tools must be a list of tool objects"),
+    "invalid_llms": (
+        "ConfigError",
+        "llms must be a non-empty list of brainline LLM instances (providers, not a FallbackLLM)",
+    ),
     "unknown_option": ("ConfigError", "{class_name} got an unknown option {value}{detail}"),
     "connection_error": ("APIConnectionError", "could not connect to {url}"),
     "connect_timeout": ("APITimeoutError", "no connection to {url} within {timeout} s"),
@@ -64,4 +69,5 @@ ERRORS: Final[dict[str, tuple[str, str]]] = {
     "malformed": ("StreamError", "malformed stream: {detail}"),
     "interrupted": ("StreamError", "the connection was lost mid-stream"),
     "too_large": ("StreamError", "a stream {what} exceeded {limit} bytes"),
+    "all_endpoints_failed": ("AllEndpointsFailedError", "every endpoint failed: {detail}"),
 }

@@ -86,6 +86,36 @@ def parity(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-q", "tests/parity", *session.posargs)
 
 
+# The voice frameworks the adapters (python/src/brainline/integrations/) are tested against, at
+# exact versions (the extras allow a range), and the extra that installs each. getpatter has none:
+# a brainline provider is already its LLMProvider.
+INTEGRATIONS = {
+    "pipecat": ("pipecat", "pipecat-ai==1.14.0"),
+}
+
+
+@nox.session
+@nox.parametrize("framework", list(INTEGRATIONS), ids=list(INTEGRATIONS))
+def integrations(session: nox.Session, framework: str) -> None:
+    """The framework adapters against the real frameworks (tests/integrations/), a venv each.
+
+    One virtualenv per framework keeps the package's own test environment light; the mock server
+    is the endpoint.
+    """
+    extra, pin = INTEGRATIONS[framework]
+    session.install(*_group("integrations"))
+    session.install("-e", f"python[{extra}]" if extra else "python", pin)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        f"tests/integrations/{framework}",
+        "tests/integrations/test_isolation.py",
+        *session.posargs,
+    )
+
+
 BENCH_PY = ["openai==3.57.0", "getpatter==0.7.0", "litellm==1.110.2"]
 
 

@@ -10,7 +10,7 @@ import {
   initializeLogger,
   llm as lk,
 } from "@livekit/agents";
-import { CustomLLM } from "brainline";
+import { CustomLLM, FallbackLLM } from "brainline";
 import { LLM } from "brainline/livekit";
 import { startMockServer } from "brainline/testing";
 import { z } from "zod";
@@ -296,6 +296,38 @@ test("under LiveKit's FallbackAdapter a dead brainline endpoint fails over to a 
   assert.equal(response.text, "from the live one");
   assert.deepEqual(availability.slice(0, 1), [["dead", false]]);
   assert.equal((await chatRequests()).length, 1);
+});
+
+test("a brainline FallbackLLM as the llm: a dead endpoint fails over inside one LiveKit turn", async () => {
+  await server.setScript({ text: ["from ", "the backup"] });
+  const dead = new CustomLLM({ baseUrl: `http://127.0.0.1:${await deadPort()}/v1`, model: "dead" });
+  const llm = new LLM({ llm: new FallbackLLM([dead, provider()]) });
+  const errors = errorsOf(llm);
+  const response = await llm.chat({ chatCtx: chatCtx("Hi") }).collect();
+  assert.equal(response.text, "from the backup");
+  assert.deepEqual(errors, []);
+  assert.equal(llm.model, "dead", "a FallbackLLM's model is its first endpoint's");
+});
+
+test("every endpoint of a FallbackLLM failed: retryable unless all failed for good", async () => {
+  const connOptions = { maxRetry: 0, retryIntervalMs: 10, timeoutMs: 5000 };
+  await server.setScript({ status: 401, json: { error: { message: "invalid api key" } } });
+  const refused = () =>
+    new CustomLLM({ baseUrl: "http://127.0.0.1:9/v1", model: "m", maxRetries: 0 });
+  const cases = [
+    [[provider(), provider()], false], // two 401s: permanent
+    [[refused(), provider()], true], // a refused connection could work next time
+  ];
+  for (const [llms, retryable] of cases) {
+    const llm = new LLM({ llm: new FallbackLLM(llms) });
+    const errors = errorsOf(llm);
+    await llm.chat({ chatCtx: chatCtx("Hi"), connOptions }).collect();
+    assert.equal(errors.length, 1);
+    const { error } = errors[0];
+    assert.ok(error instanceof APIConnectionError, String(error));
+    assert.equal(error.cause?.code, "all_endpoints_failed");
+    assert.equal(error.retryable, retryable, error.message);
+  }
 });
 
 test("a 401 is APIStatusError, not retryable: LiveKit does not retry it", async () => {

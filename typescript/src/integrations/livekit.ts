@@ -151,7 +151,7 @@ export class LLMStream extends llm.LLMStream {
     const id = `brainline-${randomUUID()}`;
     const signal = this.abortController.signal;
     // Once text or a tool call went out, LiveKit must not retry this turn (it would be heard twice).
-    let retryable = true;
+    let sent = false;
     const calls: ToolCallEvent[] = [];
     const flushCalls = () => {
       if (calls.length === 0) return;
@@ -163,7 +163,7 @@ export class LLMStream extends llm.LLMStream {
         }),
       );
       calls.length = 0;
-      retryable = false;
+      sent = true;
       this.queue.put({ id, delta: { role: "assistant", toolCalls } });
     };
     try {
@@ -173,7 +173,7 @@ export class LLMStream extends llm.LLMStream {
       for await (const event of this.#llm.stream(messages, tools, options)) {
         switch (event.type) {
           case "text":
-            retryable = false;
+            sent = true;
             this.queue.put({ id, delta: { role: "assistant", content: event.content } });
             break;
           case "tool_call":
@@ -200,7 +200,7 @@ export class LLMStream extends llm.LLMStream {
       }
     } catch (err) {
       if (signal.aborted) return;
-      throw liveKitError(err, retryable);
+      throw liveKitError(err, sent);
     }
   }
 }
@@ -219,15 +219,17 @@ function openaiTools(toolCtx: llm.ToolContext | undefined): object[] | null {
 }
 
 /**
- * A brainline error as LiveKit's: APITimeoutError, APIStatusError (LiveKit itself makes a 4xx but
- * 408/429 non-retryable) or APIConnectionError (a connection error, a stream that broke, every
- * endpoint of a FallbackLLM failed). Classes are told by `name`, so that two copies of brainline
- * (its ESM and CommonJS builds) still map. Anything else (a ConfigError) is not an API error:
- * LiveKit reports it as unrecoverable and does not retry it.
+ * A brainline error as LiveKit's: APITimeoutError, APIStatusError or APIConnectionError (a
+ * connection error, a stream that broke, every endpoint of a FallbackLLM failed), retryable unless
+ * something was sent or the error is permanent. Classes are told by `name`: this bundle has its own
+ * copy of brainline's runtime, and a user may load brainline's ESM and CommonJS builds side by
+ * side. Anything else (a ConfigError) is not an API error: LiveKit reports it as unrecoverable and
+ * does not retry it.
  */
-function liveKitError(err: unknown, retryable: boolean): unknown {
+function liveKitError(err: unknown, sent: boolean): unknown {
   if (!(err instanceof Error)) return err;
   const message = err.message;
+  const retryable = !sent && !isPermanent(err);
   let mapped: Error;
   switch (err.name) {
     case "APITimeoutError":
@@ -260,6 +262,35 @@ function liveKitError(err: unknown, retryable: boolean): unknown {
   }
   Object.defineProperty(mapped, "cause", { value: err, configurable: true, writable: true });
   return mapped;
+}
+
+/**
+ * Whether the same request would fail the same way again (the rule of every adapter, Python's
+ * brainline/integrations/_errors.py): a ConfigError, a 4xx status other than 408 and 429, a
+ * FallbackLLM whose endpoints all failed so. Everything else (408, 429, 5xx, timeouts, connection
+ * errors, a stream that broke) is worth a retry.
+ */
+function isPermanent(err: Error): boolean {
+  switch (err.name) {
+    case "ConfigError":
+      return true;
+    case "APIStatusError": {
+      const status = (err as Error & { status?: unknown }).status;
+      return (
+        typeof status === "number" && status >= 400 && status < 500 && ![408, 429].includes(status)
+      );
+    }
+    case "AllEndpointsFailedError": {
+      const errors = (err as Error & { errors?: unknown }).errors;
+      return (
+        Array.isArray(errors) &&
+        errors.length > 0 &&
+        errors.every((each) => each instanceof Error && isPermanent(each))
+      );
+    }
+    default:
+      return false;
+  }
 }
 
 /** The error body as LiveKit keeps it (an object or null): the JSON object brainline kept, if any. */

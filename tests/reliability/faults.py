@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from brainline import BaseLLM, BrainlineError
+from brainline import BaseLLM, BrainlineError, FallbackLLM
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -42,12 +42,26 @@ OUTCOME = {
 }
 
 
+# FallbackLLM with hedging (the leak test and the soak): a primary that never answers ("silent",
+# closed when the backup wins) with the kind's route as the backup the hedge timer starts after
+# HEDGE_AFTER; for the kinds that fail before their first event, a primary that answers after
+# 100 ms ("slow") instead, so that the turn still finishes.
+FALLBACK_PRIMARY = {
+    kind: "slow" if kind in ("http_500", "stream_error") else "silent" for kind in KINDS
+}
+HEDGE_AFTER = 0.01
+FALLBACK_OUTCOME = {**OUTCOME, "http_500": "finish", "stream_error": "finish"}
+
+
 def script() -> dict[str, Any]:
-    return {"routes": {f"/{kind}/": response for kind, response in KINDS.items()}}
+    routes = {f"/{kind}/": response for kind, response in KINDS.items()}
+    routes["/silent/"] = {"text": ["never"], "stall": "headers"}
+    routes["/slow/"] = {"text": ["slow"], "delay_before_headers_ms": 100}
+    return {"routes": routes}
 
 
 async def turn(
-    llm: BaseLLM,
+    llm: BaseLLM | FallbackLLM,
     kind: str,
     *,
     call_id: str | None = None,

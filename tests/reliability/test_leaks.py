@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from brainline import CustomLLM
+from brainline import CustomLLM, FallbackLLM
 from brainline.testing import MockServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -169,3 +169,80 @@ async def test_barge_in_during_connect_leaves_no_connection() -> None:
     finally:
         await llm.aclose()
         await server.stop()
+
+
+async def test_fallback_with_hedging_leaks_nothing() -> None:
+    """FallbackLLM with hedging over the same faults: a primary that does not answer in time
+    (faults.FALLBACK_PRIMARY) and the kind's route as the backup the hedge timer starts. Every
+    turn ends as faults.FALLBACK_OUTCOME says; afterwards no task is left, no connection beyond
+    the pools, none after aclose(), and no kind of object piles up."""
+    rng = random.Random(13)
+    kinds = list(faults.KINDS)
+    turns = max(TURNS // 5, 2 * WARMUP)
+    server = MockServer(faults.script())
+    url = await server.start()
+    origin = url.removesuffix("/v1")
+
+    def endpoint(route: str) -> CustomLLM:
+        return CustomLLM(base_url=f"{origin}/{route}/v1", model="m", max_retries=0, timeout=5)
+
+    llms = {
+        k: FallbackLLM(
+            [endpoint(faults.FALLBACK_PRIMARY[k]), endpoint(k)], hedge_after=faults.HEDGE_AFTER
+        )
+        for k in kinds
+    }
+    plan = [rng.choice(kinds) for _ in range(turns)]
+    outcomes: collections.Counter[str] = collections.Counter()
+    wrong: list[tuple[str, str]] = []
+    baseline_tasks = set(asyncio.all_tasks())
+
+    async def run(part: list[str]) -> None:
+        queue = iter(part)
+
+        async def worker() -> None:
+            for kind in queue:
+                got = await faults.turn(llms[kind], kind)
+                outcomes[got] += 1
+                if got != faults.FALLBACK_OUTCOME[kind]:
+                    wrong.append((kind, got))
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(WORKERS))), 120)
+        # Two pools per FallbackLLM: at most one keep-alive connection per concurrent turn each.
+        assert await server.wait_for_async(
+            lambda: server.connections_open <= 2 * WORKERS * len(llms), timeout=5
+        ), _open_connections(server)
+        server.reset()
+
+    started = time.monotonic()
+    try:
+        await run(plan[:WARMUP])
+        before = _census()
+        await run(plan[WARMUP:])
+        elapsed = time.monotonic() - started
+        after = _census()
+        # Before aclose(): no attempt, watcher or sweep task of a finished turn (the server's
+        # own connection handlers aside).
+        leftover = [
+            t
+            for t in asyncio.all_tasks()
+            if t not in baseline_tasks
+            and not t.done()
+            and not getattr(t.get_coro(), "__qualname__", "").startswith("MockServer.")
+        ]
+        for llm in llms.values():
+            await llm.aclose()
+        assert await server.wait_for_async(lambda: server.connections_open == 0, timeout=5), (
+            f"after aclose(): {_open_connections(server)}"
+        )
+    finally:
+        for llm in llms.values():
+            await llm.aclose()
+        await server.stop()
+    grown = {k: after[k] - before[k] for k in after if after[k] - before[k] > OBJECT_SLACK}
+    assert leftover == [], leftover
+    assert wrong == [], collections.Counter(wrong).most_common(5)
+    assert sum(outcomes.values()) == turns
+    assert all(outcomes[o] > 0 for o in set(faults.FALLBACK_OUTCOME.values())), outcomes
+    assert grown == {}, f"objects grown after {turns} turns: {grown}"
+    print(f"\n{turns} FallbackLLM turns in {elapsed:.1f} s, {dict(outcomes)}")

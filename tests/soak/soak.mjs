@@ -1,15 +1,24 @@
 // The TypeScript half of the soak (tests/soak/soak.py starts the server and runs this with --node):
 // the same fault mix, concurrent calls of back-to-back turns through typescript/dist/index.js.
-// usage: node soak.mjs CONFIG.json   (CONFIG: {origin, kinds, outcome, calls, seconds, hang, entry})
+// The kinds named `fallback/<kind>` run the same turn through a FallbackLLM with hedging.
+// usage: node soak.mjs CONFIG.json   (CONFIG: {origin, kinds, outcome, fallback_primary,
+//   fallback_outcome, hedge_after, calls, seconds, hang, entry})
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 
 const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const { BrainlineError, CustomLLM } = await import(pathToFileURL(config.entry).href);
-const kinds = Object.keys(config.kinds);
-const llms = Object.fromEntries(
-  kinds.map((k) => [k, new CustomLLM({ baseUrl: `${config.origin}/${k}/v1`, model: "m", timeout: 10 })]),
-);
+const { BrainlineError, CustomLLM, FallbackLLM } = await import(pathToFileURL(config.entry).href);
+const endpoint = (route) => new CustomLLM({ baseUrl: `${config.origin}/${route}/v1`, model: "m", timeout: 10 });
+const llms = {};
+const outcome = { ...config.outcome };
+for (const k of Object.keys(config.kinds)) {
+  llms[k] = endpoint(k);
+  llms[`fallback/${k}`] = new FallbackLLM([endpoint(config.fallback_primary[k]), endpoint(k)], {
+    hedgeAfter: config.hedge_after,
+  });
+  outcome[`fallback/${k}`] = config.fallback_outcome[k];
+}
+const kinds = Object.keys(llms);
 const MESSAGES = [{ role: "user", content: "hi" }];
 const outcomes = {};
 const unexpected = {};
@@ -61,7 +70,7 @@ async function call(seed) {
     });
     let got;
     try {
-      got = await Promise.race([turn(llms[kind], kind), hang]);
+      got = await Promise.race([turn(llms[kind], kind.replace(/^fallback\//, "")), hang]);
     } catch (err) {
       count(untyped, err?.constructor?.name ?? typeof err);
       continue;
@@ -75,7 +84,7 @@ async function call(seed) {
     const ms = Math.floor(performance.now() - t0);
     durations[kind].set(ms, (durations[kind].get(ms) ?? 0) + 1);
     count(outcomes, got);
-    if (got !== config.outcome[kind]) count(TIMEOUTS.has(got) ? timeouts : unexpected, `${kind} -> ${got}`);
+    if (got !== outcome[kind]) count(TIMEOUTS.has(got) ? timeouts : unexpected, `${kind} -> ${got}`);
   }
 }
 

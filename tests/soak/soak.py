@@ -2,7 +2,9 @@
 
 Each call runs turns back to back, each of a random kind (tests/reliability/faults.py: normal turns,
 barge-ins before the headers, mid-stream and during stalls, drops, resets, HTTP and stream errors),
-with a barge-in timer of 5 ms before the headers as a caller would do it. The MockServer runs in its
+with a barge-in timer of 5 ms before the headers as a caller would do it; the kinds named
+`fallback/<kind>` run the same turn through a FallbackLLM with hedging (faults.FALLBACK_*: a primary
+that does not answer in time, the kind's route as the hedge). The MockServer runs in its
 own process. Prints error counts by code, p50/p99 turn time per kind, RSS over time and a JSON
 summary; exits 1 on any untyped error, hang (a turn not ended within --hang seconds) or turn that
 ended otherwise than its kind says. A turn that ended in a typed timeout (`read_timeout`,
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
 import faults  # noqa: E402
 
-from brainline import CustomLLM  # noqa: E402
+from brainline import CustomLLM, FallbackLLM  # noqa: E402
 
 TIMEOUTS = frozenset({"read_timeout", "connect_timeout"})
 TIMEOUT_SHARE = 0.01
@@ -70,6 +72,9 @@ def soak_typescript(origin: str, calls: int, seconds: float, hang: float) -> dic
         "origin": origin,
         "kinds": faults.KINDS,
         "outcome": faults.OUTCOME,
+        "fallback_primary": faults.FALLBACK_PRIMARY,
+        "fallback_outcome": faults.FALLBACK_OUTCOME,
+        "hedge_after": faults.HEDGE_AFTER,
         "calls": calls,
         "seconds": seconds,
         "hang": hang,
@@ -93,8 +98,17 @@ def soak_typescript(origin: str, calls: int, seconds: float, hang: float) -> dic
 
 
 async def soak(calls: int, seconds: float, hang: float, origin: str) -> dict[str, Any]:
-    kinds = list(faults.KINDS)
-    llms = {k: CustomLLM(base_url=f"{origin}/{k}/v1", model="m", timeout=10) for k in kinds}
+    def endpoint(route: str) -> CustomLLM:
+        return CustomLLM(base_url=f"{origin}/{route}/v1", model="m", timeout=10)
+
+    llms: dict[str, CustomLLM | FallbackLLM] = {k: endpoint(k) for k in faults.KINDS}
+    outcome = dict(faults.OUTCOME)
+    for k in faults.KINDS:
+        llms[f"fallback/{k}"] = FallbackLLM(
+            [endpoint(faults.FALLBACK_PRIMARY[k]), endpoint(k)], hedge_after=faults.HEDGE_AFTER
+        )
+        outcome[f"fallback/{k}"] = faults.FALLBACK_OUTCOME[k]
+    kinds = list(llms)
     codes: collections.Counter[str] = collections.Counter()
     wrong: collections.Counter[str] = collections.Counter()
     timeouts: collections.Counter[str] = collections.Counter()
@@ -113,7 +127,9 @@ async def soak(calls: int, seconds: float, hang: float, origin: str) -> dict[str
             kind = rng.choice(kinds)
             t0 = time.monotonic()
             try:
-                got = await asyncio.wait_for(faults.turn(llms[kind], kind), hang)
+                got = await asyncio.wait_for(
+                    faults.turn(llms[kind], kind.removeprefix("fallback/")), hang
+                )
             except asyncio.TimeoutError:
                 hangs += 1
                 continue
@@ -122,7 +138,7 @@ async def soak(calls: int, seconds: float, hang: float, origin: str) -> dict[str
                 continue
             durations[kind][int((time.monotonic() - t0) * 1000)] += 1
             codes[got] += 1
-            if got != faults.OUTCOME[kind]:
+            if got != outcome[kind]:
                 (timeouts if got in TIMEOUTS else wrong)[f"{kind} -> {got}"] += 1
 
     async def sample() -> None:
@@ -208,7 +224,7 @@ def report(language: str, args: argparse.Namespace, result: dict[str, Any]) -> b
     print(f"outcomes: {result['outcomes']}")
     print(f"turn time p50 {result['turn_ms']['p50']} ms, p99 {result['turn_ms']['p99']} ms")
     for kind, stats in result["turn_ms_by_kind"].items():
-        print(f"  {kind:14} n={stats['n']:7} p50={stats['p50']:8} ms p99={stats['p99']:8} ms")
+        print(f"  {kind:23} n={stats['n']:7} p50={stats['p50']:8} ms p99={stats['p99']:8} ms")
     print(f"RSS MB over time (s, MB): {result['rss_mb']}")
     print(f"untyped errors: {result['untyped']}, hangs: {result['hangs']}")
     print(f"unexpected outcomes: {result['unexpected']}")

@@ -7,6 +7,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { BrainlineError } from "../../src/core/errors.js";
+import { FallbackLLM } from "../../src/core/fallback.js";
 import { CustomLLM } from "../../src/generated/custom.js";
 import { Mock } from "./mock.js";
 
@@ -40,6 +41,19 @@ const OUTCOME: Record<string, string> = {
   stream_error: "server_error",
 };
 
+// FallbackLLM with hedging (faults.py's FALLBACK_* names): a primary that never answers, or, for the
+// kinds that fail before their first event, one that answers after 100 ms; the kind's route is the
+// backup the hedge timer starts.
+const FALLBACK_PRIMARY: Record<string, string> = Object.fromEntries(
+  Object.keys(KINDS).map((k) => [k, k === "http_500" || k === "stream_error" ? "slow" : "silent"]),
+);
+const HEDGE_AFTER = 0.01;
+const FALLBACK_OUTCOME: Record<string, string> = {
+  ...OUTCOME,
+  http_500: "finish",
+  stream_error: "finish",
+};
+
 setFlagsFromString("--expose-gc");
 const gc = runInNewContext("gc") as () => void;
 
@@ -55,14 +69,18 @@ function timers(): number {
 let server: Mock;
 beforeAll(async () => {
   server = await Mock.start({
-    routes: Object.fromEntries(Object.entries(KINDS).map(([k, v]) => [`/${k}/`, v])),
+    routes: {
+      ...Object.fromEntries(Object.entries(KINDS).map(([k, v]) => [`/${k}/`, v])),
+      "/silent/": { text: ["never"], stall: "headers" },
+      "/slow/": { text: ["slow"], delay_before_headers_ms: 100 },
+    },
   });
 });
 afterAll(async () => {
   await server.close();
 });
 
-async function turn(llm: CustomLLM, kind: string): Promise<string> {
+async function turn(llm: CustomLLM | FallbackLLM, kind: string): Promise<string> {
   const barge = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   if (kind === "barge_headers") timer = setTimeout(() => barge.abort(), 5);
@@ -143,6 +161,75 @@ it(`${TURNS} turns with faults leak nothing`, { timeout: 180_000 }, async () => 
   expect(heapAfter - heapBefore).toBeLessThan(HEAP_BOUND);
   console.info(
     `${TURNS} turns in ${elapsed.toFixed(1)} s, ${JSON.stringify(Object.fromEntries(outcomes))}, ` +
+      `heap ${((heapAfter - heapBefore) / 1024).toFixed(0)} KiB, ${open} open connections`,
+  );
+});
+
+it("FallbackLLM with hedging leaks nothing", { timeout: 180_000 }, async () => {
+  const origin = server.url.replace(/\/v1$/, "");
+  const kinds = Object.keys(KINDS);
+  const turns = Math.max(Math.floor(TURNS / 5), 2 * WARMUP);
+  const endpoint = (route: string) =>
+    new CustomLLM({ baseUrl: `${origin}/${route}/v1`, model: "m", maxRetries: 0, timeout: 5 });
+  const llms = Object.fromEntries(
+    kinds.map((k) => [
+      k,
+      new FallbackLLM([endpoint(FALLBACK_PRIMARY[k] as string), endpoint(k)], {
+        hedgeAfter: HEDGE_AFTER,
+      }),
+    ]),
+  );
+  let seed = 13;
+  const plan = Array.from({ length: turns }, () => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return kinds[(seed >>> 0) % kinds.length] as string;
+  });
+  const outcomes = new Map<string, number>();
+  const wrong: string[] = [];
+  const timersBefore = timers();
+  const run = async (from: number, to: number) => {
+    let next = from;
+    const worker = async () => {
+      while (next < to) {
+        const kind = plan[next++] as string;
+        const got = await turn(llms[kind] as FallbackLLM, kind);
+        outcomes.set(got, (outcomes.get(got) ?? 0) + 1);
+        if (got !== FALLBACK_OUTCOME[kind]) wrong.push(`${kind} -> ${got}`);
+      }
+    };
+    await Promise.all(Array.from({ length: WORKERS }, worker));
+  };
+
+  const started = performance.now();
+  await run(0, WARMUP);
+  const heapBefore = heap();
+  await run(WARMUP, turns);
+  const elapsed = (performance.now() - started) / 1000;
+  await new Promise((ok) => setTimeout(ok, 200));
+  const heapAfter = heap();
+  // No hedge timer, retry wait or read timer of a finished turn is left.
+  const timersAfter = timers();
+  let records = await server.records();
+  for (let i = 0; i < 50 && records.connections_open > 2 * WORKERS * kinds.length; i++) {
+    await new Promise((ok) => setTimeout(ok, 100));
+    records = await server.records();
+  }
+  const open = records.connections_open;
+  await Promise.all(Object.values(llms).map((llm) => llm.close()));
+
+  expect(wrong.slice(0, 10)).toEqual([]);
+  expect([...outcomes.values()].reduce((a, b) => a + b, 0)).toBe(turns);
+  for (const outcome of new Set(Object.values(FALLBACK_OUTCOME)))
+    expect(outcomes.get(outcome)).toBeGreaterThan(0);
+  // Two pools per FallbackLLM: at most one keep-alive connection per concurrent turn each.
+  expect(open).toBeLessThanOrEqual(2 * WORKERS * kinds.length);
+  expect(timersAfter).toBeLessThanOrEqual(timersBefore);
+  expect(heapAfter - heapBefore).toBeLessThan(HEAP_BOUND);
+  console.info(
+    `${turns} FallbackLLM turns in ${elapsed.toFixed(1)} s, ` +
+      `${JSON.stringify(Object.fromEntries(outcomes))}, ` +
       `heap ${((heapAfter - heapBefore) / 1024).toFixed(0)} KiB, ${open} open connections`,
   );
 });

@@ -91,6 +91,7 @@ def parity(session: nox.Session) -> None:
 # a brainline provider is already its LLMProvider.
 INTEGRATIONS = {
     "pipecat": ("pipecat", "pipecat-ai==1.14.0"),
+    "livekit": ("livekit", "livekit-agents==1.8.9"),
 }
 
 
@@ -100,7 +101,7 @@ def integrations(session: nox.Session, framework: str) -> None:
     """The framework adapters against the real frameworks (tests/integrations/), a venv each.
 
     One virtualenv per framework keeps the package's own test environment light; the mock server
-    is the endpoint.
+    is the endpoint. .ci/run runs them after `tests`.
     """
     extra, pin = INTEGRATIONS[framework]
     session.install(*_group("integrations"))

@@ -5,6 +5,8 @@ Each adapter lives in its own module and imports its framework there only, so `i
 
 - `brainline.integrations.pipecat`: `BrainlineLLMService`, a Pipecat `LLMService`
   (`pip install "brainline[pipecat]"`).
+- `brainline.integrations.livekit`: `LLM`, a LiveKit Agents `llm.LLM`
+  (`pip install "brainline[livekit]"`).
 
 The adapters translate and nothing more: requests, streaming, timeouts, retries and cancellation
 are brainline's own (docs/runtime.md), the same under every framework.

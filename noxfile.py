@@ -92,6 +92,7 @@ def parity(session: nox.Session) -> None:
 INTEGRATIONS = {
     "pipecat": ("pipecat", "pipecat-ai==1.14.0"),
     "livekit": ("livekit", "livekit-agents==1.8.9"),
+    "patter": (None, "getpatter==0.7.0"),
 }
 
 

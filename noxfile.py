@@ -115,6 +115,7 @@ def integrations(session: nox.Session, framework: str) -> None:
         f"tests/integrations/{framework}",
         "tests/integrations/test_isolation.py",
         *session.posargs,
+        env={"DO_NOT_TRACK": "1", "PATTER_TELEMETRY_DISABLED": "1"},  # loopback only
     )
 
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
+
+# getpatter reports usage telemetry by default; tests talk to 127.0.0.1 only.
+os.environ["PATTER_TELEMETRY_DISABLED"] = "1"
+os.environ["DO_NOT_TRACK"] = "1"
 
 from getpatter.services.llm_loop import DefaultToolExecutor, LLMLoop, LLMProvider
 from getpatter.services.metrics import CallMetricsAccumulator

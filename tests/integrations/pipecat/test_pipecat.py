@@ -344,3 +344,13 @@ def test_a_fallback_that_failed_everywhere_is_permanent_only_when_every_endpoint
     assert error_category(both) is ErrorCategory.CONNECTIVITY
     only_401 = make_error("all_endpoints_failed", detail="d", errors=[unauthorized])
     assert error_category(only_401) is ErrorCategory.AUTHENTICATION
+
+
+async def test_run_inference_is_one_completion_outside_the_pipeline() -> None:
+    server = MockServer({"reasoning": ["hm"], "text": ["A short", " summary."]})
+    async with server as url:
+        service = BrainlineLLMService(llm=_llm(url), call_id="c1")
+        text = await service.run_inference(LLMContext(USER), system_instruction="Summarize.")
+    assert text == "A short summary."
+    [request] = server.requests
+    assert request.json["messages"] == [{"role": "system", "content": "Summarize."}, *USER]

@@ -61,6 +61,7 @@ WRONG_TYPE: dict[str, Any] = {
     "json_object": "json",
     "tool_choice": 42,
     "session_key_factory": "not a function",
+    "metrics_callback": "not a function",
 }
 FROM_ENV = "from-env"
 

@@ -130,6 +130,7 @@ class OptionType(Enum):
     json_object = "json_object"
     tool_choice = "tool_choice"
     session_key_factory = "session_key_factory"
+    metrics_callback = "metrics_callback"
 
 
 class Option(BaseModel):

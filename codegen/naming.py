@@ -116,6 +116,7 @@ PY_TYPES = {
     "json_object": "Mapping[str, Any]",
     "tool_choice": "str | Mapping[str, Any]",
     "session_key_factory": "Callable[[SessionContext], str | None]",
+    "metrics_callback": "Callable[[TurnMetrics], object]",
 }
 TS_TYPES = {
     "string": "string",
@@ -128,6 +129,7 @@ TS_TYPES = {
     "json_object": "Readonly<Record<string, unknown>>",
     "tool_choice": "string | Readonly<Record<string, unknown>>",
     "session_key_factory": "((ctx: SessionContext) => string | null | undefined)",
+    "metrics_callback": "((metrics: TurnMetrics) => void)",
 }
 
 PYTHON = Language("python", "None")

@@ -74,7 +74,7 @@ def checks(o: Option) -> list[tuple[str, list[Any]]]:
 
 def cli_flag(o: Option) -> bool:
     """Whether an option is a `brainline chat` flag: not a secret (argv is visible), not a callable."""
-    return not o.secret and o.type != "session_key_factory"
+    return not o.secret and o.type not in ("session_key_factory", "metrics_callback")
 
 
 def cli_options(spec: Spec) -> list[Option]:

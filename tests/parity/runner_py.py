@@ -519,6 +519,33 @@ def normalize_request(record: Mapping[str, Any], prefix: str, compare_raw: bool)
     return out
 
 
+def normalize_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A metrics record with every time (`*_ms`) as "ms" (never negative) or None: the keys and
+    every value that is not a time stay, so both languages and the case can compare them."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key.endswith("_ms") and value is not None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            out[key] = "ms" if ok else f"bad time {value!r}"
+        else:
+            out[key] = value
+    return out
+
+
+def _normalize_events(events: list[Any], keep_metrics: bool) -> list[Any]:
+    """The finish event's `metrics`: compared (normalised) when the case collects metrics, else
+    dropped, so the other cases need not spell out a record of times."""
+    out = []
+    for event in events:
+        if isinstance(event, dict) and event.get("type") == "finish" and "metrics" in event:
+            event = dict(event)
+            record = event.pop("metrics")
+            if keep_metrics:
+                event["metrics"] = normalize_metrics(record)
+        out.append(event)
+    return out
+
+
 def normalize(
     raw: Mapping[str, Any], case: Mapping[str, Any], runner: str, harness: Harness
 ) -> dict[str, Any]:
@@ -543,7 +570,13 @@ def normalize(
     turns = [
         {
             **turn,
+            "events": _normalize_events(turn.get("events", []), bool(case.get("collect_metrics"))),
             "error": _normalize_error(turn.get("error"), runner, case_id, harness),
+            **(
+                {"metrics": [normalize_metrics(m) for m in turn["metrics"]]}
+                if "metrics" in turn
+                else {}
+            ),
         }
         for turn in raw.get("turns", [])
     ]

@@ -260,7 +260,7 @@ async def test_success_and_barge_in_logs_and_wire_are_clean(
     try:
         llm = _llm(url, session_key=None, session_key_from="caller_hash")
         events = [ev async for ev in llm.stream(MESSAGES, call_id="c1", caller=CALLER)]
-        assert events[-1] == {"type": "finish", "reason": "stop"}
+        assert events[-1]["type"] == "finish" and events[-1]["reason"] == "stop"
         cancel = asyncio.Event()
         async for _ in llm.stream(MESSAGES, cancel_event=cancel, call_id="c2", caller=CALLER):
             cancel.set()

@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import type { BaseLLM } from "./core/client.js";
 import { BrainlineError, ConfigError } from "./core/errors.js";
 import { assembleToolCalls, type Event } from "./core/events.js";
+import type { TurnMetrics } from "./core/metrics.js";
 import { OPTIONS, PROVIDERS } from "./generated/cli_options.js";
 import { VERSION } from "./generated/constants.js";
 import { ERRORS } from "./generated/errors.js";
@@ -134,6 +135,15 @@ export function flagMessage(err: BrainlineError): string {
   return message;
 }
 
+/** `timing: first token 120 ms, 480 ms in all, 14 chunks, request id r1` (stderr). */
+function timingLine(m: TurnMetrics): string {
+  const ms = (value: number | null): string =>
+    value === null ? "none" : `${Math.round(value)} ms`;
+  let line = `timing: first token ${ms(m.first_progress_ms)}, ${ms(m.duration_ms)} in all`;
+  line += `, ${m.chunks} chunks`;
+  return line + (m.request_id ? `, request id ${m.request_id}` : "");
+}
+
 /** Writes events as they arrive: text to stdout, the rest to stderr (or all as JSON lines). */
 class Printer {
   readonly events: Event[] = [];
@@ -144,7 +154,10 @@ class Printer {
   event(ev: Event): void {
     this.events.push(ev);
     if (this.asJson) {
-      process.stdout.write(`${JSON.stringify(ev)}\n`);
+      // The finish event's metrics are times: the JSON lines stay the same bytes in both
+      // languages without them.
+      const line = ev.type === "finish" ? { type: ev.type, reason: ev.reason } : ev;
+      process.stdout.write(`${JSON.stringify(line)}\n`);
     } else if (ev.type === "text") {
       process.stdout.write(ev.content);
       this.wroteText = true;
@@ -158,6 +171,7 @@ class Printer {
       for (const call of assembleToolCalls(this.events)) {
         process.stderr.write(`tool call: ${call.name}(${call.arguments}) id=${call.id}\n`);
       }
+      if (ev.metrics !== undefined) process.stderr.write(`${timingLine(ev.metrics)}\n`);
       process.stderr.write(`finish: ${ev.reason}\n`);
     }
   }

@@ -105,7 +105,9 @@ test("chat streams text to stdout and the rest to stderr", async () => {
   const [code, out, err] = await run("chat", "hi", "--base-url", server.url, "--model", "m");
   expect(code).toBe(0);
   expect(out).toBe("It is sunny.\n");
-  expect(err.split("\n")).toEqual([
+  const lines = err.split("\n");
+  expect(lines.splice(2, 1)[0]).toMatch(/^timing: first token \d+ ms, \d+ ms in all, 7 chunks$/);
+  expect(lines).toEqual([
     "usage: 9 in (+0 cached), 4 out",
     'tool call: get_weather({"city":"Rome"}) id=call_1',
     "finish: tool_calls",

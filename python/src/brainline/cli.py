@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TextIO
 
 from ._core.errors import BrainlineError, ConfigError
 from ._core.events import Event, assemble_tool_calls
+from ._core.metrics import TurnMetrics
 from ._generated import registry
 from ._generated.cli_options import OPTIONS, PROVIDERS
 from ._generated.constants import VERSION
@@ -144,6 +145,17 @@ class _UsageError(Exception):
     pass
 
 
+def _timing_line(m: TurnMetrics) -> str:
+    """`timing: first token 120 ms, 480 ms in all, 14 chunks, request id r1` (stderr)."""
+
+    def ms(value: float | None) -> str:
+        return "none" if value is None else f"{round(value)} ms"
+
+    line = f"timing: first token {ms(m['first_progress_ms'])}, {ms(m['duration_ms'])} in all"
+    line += f", {m['chunks']} chunks"
+    return line + (f", request id {m['request_id']}" if m["request_id"] else "")
+
+
 class _Printer:
     """Writes events as they arrive: text to stdout, the rest to stderr (or all as JSON lines)."""
 
@@ -155,7 +167,10 @@ class _Printer:
     def event(self, ev: Event) -> None:
         self.events.append(ev)
         if self.as_json:
-            self.out.write(json.dumps(ev, ensure_ascii=False, separators=(",", ":")) + "\n")
+            # The finish event's metrics are times: the JSON lines stay the same bytes in both
+            # languages without them.
+            line = {k: v for k, v in ev.items() if k != "metrics"}
+            self.out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
             self.out.flush()
         elif ev["type"] == "text":
             self.out.write(ev["content"])
@@ -171,6 +186,9 @@ class _Printer:
             self._end_text()
             for call in assemble_tool_calls(self.events):
                 self.err.write(f"tool call: {call.name}({call.arguments}) id={call.id}\n")
+            metrics = ev.get("metrics")
+            if metrics is not None:
+                self.err.write(_timing_line(metrics) + "\n")
             self.err.write(f"finish: {ev['reason']}\n")
 
     def error(self, exc: BrainlineError) -> None:

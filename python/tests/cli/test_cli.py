@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,9 @@ async def test_plain_mode_streams_text_to_stdout_and_the_rest_to_stderr() -> Non
         code, out, err = await run("hi", "--base-url", url, "--model", "m")
     assert code == 0
     assert out == "It is sunny.\n"
-    assert err.splitlines() == [
+    lines = err.splitlines()
+    assert re.fullmatch(r"timing: first token \d+ ms, \d+ ms in all, 7 chunks", lines.pop(2))
+    assert lines == [
         "usage: 9 in (+0 cached), 4 out",
         'tool call: get_weather({"city":"Rome"}) id=call_1',
         "finish: tool_calls",

@@ -180,6 +180,11 @@ def test_cerebras__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
     assert llm.config.session_key_from is None
 
 
+def test_cerebras__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.CerebrasLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
+
+
 def test_cerebras__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.CerebrasLLM, {"model": "test-model"})
     assert llm.config.temperature is None
@@ -776,6 +781,13 @@ def test_cerebras__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_cerebras__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_cerebras__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.CerebrasLLM, {"model": "test-model", "temperature": "fast"})
@@ -1167,6 +1179,13 @@ def test_custom__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> N
         brainline.CustomLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
     )
     assert llm.config.session_key_from is None
+
+
+def test_custom__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(
+        brainline.CustomLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+    )
+    assert llm.config.on_metrics is None
 
 
 def test_custom__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -2048,6 +2067,20 @@ def test_custom__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_custom__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "on_metrics": "not a function",
+            },
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_custom__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(
@@ -2534,6 +2567,11 @@ def test_deepseek__default__session_key_factory(monkeypatch: pytest.MonkeyPatch)
 def test_deepseek__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.DeepSeekLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_deepseek__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.DeepSeekLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_deepseek__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -3132,6 +3170,13 @@ def test_deepseek__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_deepseek__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_deepseek__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.DeepSeekLLM, {"model": "test-model", "temperature": "fast"})
@@ -3484,6 +3529,11 @@ def test_fireworks__default__session_key_factory(monkeypatch: pytest.MonkeyPatch
 def test_fireworks__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.FireworksLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_fireworks__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.FireworksLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_fireworks__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -4090,6 +4140,13 @@ def test_fireworks__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_fireworks__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_fireworks__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.FireworksLLM, {"model": "test-model", "temperature": "fast"})
@@ -4446,6 +4503,11 @@ def test_groq__default__session_key_factory(monkeypatch: pytest.MonkeyPatch) -> 
 def test_groq__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.GroqLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_groq__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.GroqLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_groq__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -5025,6 +5087,13 @@ def test_groq__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_groq__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_groq__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.GroqLLM, {"model": "test-model", "temperature": "fast"})
@@ -5394,6 +5463,11 @@ def test_hermes__default__session_key_factory(monkeypatch: pytest.MonkeyPatch) -
 def test_hermes__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.HermesLLM, {})
     assert llm.config.session_key_from is None
+
+
+def test_hermes__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.HermesLLM, {})
+    assert llm.config.on_metrics is None
 
 
 def test_hermes__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -5950,6 +6024,13 @@ def test_hermes__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_hermes__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.HermesLLM, {"on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_hermes__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.HermesLLM, {"temperature": "fast"})
@@ -6302,6 +6383,11 @@ def test_litellm__default__session_key_factory(monkeypatch: pytest.MonkeyPatch) 
 def test_litellm__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.LiteLLMProxyLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_litellm__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LiteLLMProxyLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_litellm__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -6917,6 +7003,15 @@ def test_litellm__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_litellm__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.LiteLLMProxyLLM, {"model": "test-model", "on_metrics": "not a function"}
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_litellm__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "temperature": "fast"})
@@ -7269,6 +7364,11 @@ def test_llamacpp__default__session_key_factory(monkeypatch: pytest.MonkeyPatch)
 def test_llamacpp__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.LlamaCppLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_llamacpp__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LlamaCppLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_llamacpp__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -7867,6 +7967,13 @@ def test_llamacpp__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_llamacpp__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_llamacpp__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LlamaCppLLM, {"model": "test-model", "temperature": "fast"})
@@ -8219,6 +8326,11 @@ def test_lmstudio__default__session_key_factory(monkeypatch: pytest.MonkeyPatch)
 def test_lmstudio__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.LMStudioLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_lmstudio__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LMStudioLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_lmstudio__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -8824,6 +8936,13 @@ def test_lmstudio__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_lmstudio__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_lmstudio__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LMStudioLLM, {"model": "test-model", "temperature": "fast"})
@@ -9176,6 +9295,11 @@ def test_mistral__default__session_key_factory(monkeypatch: pytest.MonkeyPatch) 
 def test_mistral__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.MistralLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_mistral__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.MistralLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_mistral__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -9767,6 +9891,13 @@ def test_mistral__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_mistral__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_mistral__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.MistralLLM, {"model": "test-model", "temperature": "fast"})
@@ -10119,6 +10250,11 @@ def test_ollama__default__session_key_factory(monkeypatch: pytest.MonkeyPatch) -
 def test_ollama__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.OllamaLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_ollama__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OllamaLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_ollama__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -10709,6 +10845,13 @@ def test_ollama__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_ollama__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_ollama__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OllamaLLM, {"model": "test-model", "temperature": "fast"})
@@ -11100,6 +11243,13 @@ def test_openai_compatible__default__session_key_from(monkeypatch: pytest.Monkey
         brainline.OpenAICompatibleLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
     )
     assert llm.config.session_key_from is None
+
+
+def test_openai_compatible__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(
+        brainline.OpenAICompatibleLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+    )
+    assert llm.config.on_metrics is None
 
 
 def test_openai_compatible__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -12008,6 +12158,20 @@ def test_openai_compatible__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_openai_compatible__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "on_metrics": "not a function",
+            },
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_openai_compatible__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(
@@ -12508,6 +12672,11 @@ def test_openclaw__default__session_key_factory(monkeypatch: pytest.MonkeyPatch)
 def test_openclaw__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.OpenClawLLM, {"agent": "support"})
     assert llm.config.session_key_from is None
+
+
+def test_openclaw__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OpenClawLLM, {"agent": "support"})
+    assert llm.config.on_metrics is None
 
 
 def test_openclaw__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -13130,6 +13299,13 @@ def test_openclaw__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_openclaw__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_openclaw__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenClawLLM, {"agent": "support", "temperature": "fast"})
@@ -13482,6 +13658,11 @@ def test_openrouter__default__session_key_factory(monkeypatch: pytest.MonkeyPatc
 def test_openrouter__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.OpenRouterLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_openrouter__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OpenRouterLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_openrouter__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14093,6 +14274,13 @@ def test_openrouter__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_openrouter__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_openrouter__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenRouterLLM, {"model": "test-model", "temperature": "fast"})
@@ -14453,6 +14641,11 @@ def test_together__default__session_key_factory(monkeypatch: pytest.MonkeyPatch)
 def test_together__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.TogetherLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_together__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.TogetherLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_together__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15051,6 +15244,13 @@ def test_together__validate__session_key_from__choice_caller_hash(
     assert llm.config.session_key_from == "caller_hash"
 
 
+def test_together__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
 def test_together__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.TogetherLLM, {"model": "test-model", "temperature": "fast"})
@@ -15403,6 +15603,11 @@ def test_vllm__default__session_key_factory(monkeypatch: pytest.MonkeyPatch) -> 
 def test_vllm__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.VLLMLLM, {"model": "test-model"})
     assert llm.config.session_key_from is None
+
+
+def test_vllm__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.VLLMLLM, {"model": "test-model"})
+    assert llm.config.on_metrics is None
 
 
 def test_vllm__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15980,6 +16185,13 @@ def test_vllm__validate__session_key_from__choice_caller_hash(
 ) -> None:
     llm = _construct(brainline.VLLMLLM, {"model": "test-model", "session_key_from": "caller_hash"})
     assert llm.config.session_key_from == "caller_hash"
+
+
+def test_vllm__validate__on_metrics__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "on_metrics": "not a function"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
 def test_vllm__validate__temperature__type() -> None:

@@ -313,6 +313,18 @@ export class TurnState {
     }
   }
 
+  /** The usage seen so far as [input (uncached), output, cache read] tokens; null without any. */
+  usageCounts(): [number, number, number] | null {
+    if (this.usage === undefined) return null;
+    const details = this.usage.prompt_tokens_details;
+    const cached = isObject(details) ? count(details.cached_tokens) : 0;
+    return [
+      Math.max(0, count(this.usage.prompt_tokens) - cached),
+      count(this.usage.completion_tokens),
+      cached,
+    ];
+  }
+
   /** The closing events: one usage event if any usage was seen, then the finish event. */
   finish(done: boolean): Event[] {
     const events: Event[] = [];
@@ -323,14 +335,13 @@ export class TurnState {
       this.plain = !this.think;
       this.emit(held, events);
     }
-    if (this.usage !== undefined) {
-      const details = this.usage.prompt_tokens_details;
-      const cached = isObject(details) ? count(details.cached_tokens) : 0;
+    const usage = this.usageCounts();
+    if (usage !== null) {
       events.push({
         type: "usage",
-        input_tokens: Math.max(0, count(this.usage.prompt_tokens) - cached),
-        output_tokens: count(this.usage.completion_tokens),
-        cache_read_tokens: cached,
+        input_tokens: usage[0],
+        output_tokens: usage[1],
+        cache_read_tokens: usage[2],
       });
     }
     let reason: FinishReason;

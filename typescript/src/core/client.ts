@@ -11,12 +11,14 @@ import { TurnState, cut, isObject } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
 import {
   type Event,
+  type FinishEvent,
   type ToolCallEvent,
   type Turn,
   type Usage,
   assembleToolCalls,
 } from "./events.js";
 import { resolveSessionKey, sessionContext } from "./session.js";
+import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import {
   AbortedError,
@@ -343,30 +345,42 @@ export class BaseLLM {
     checkCallArguments(messages, tools, callId, caller, callee);
     const [headers, sessionKey] = this.requestHeaders(callId, caller, callee);
     const body = this.requestBody(messages, tools, callId);
-    if (signal?.aborted) return;
-
     const config = this.llmConfig;
+    const meter = new TurnMeter(this.providerKey, config.model, config.onMetrics);
+    if (signal?.aborted) {
+      meter.finish({ cancelled: true });
+      return;
+    }
+
     const url = this.url;
     const exchange = new Exchange(signal, config.timeout * 1000, config);
     exchange.failover = (options as InternalStreamOptions | null)?.[FAILOVER] === true;
     this.active.add(exchange);
     const state = new TurnState(config.reasoning);
+    let failure: unknown;
+    let failed = false;
     try {
-      const reply = await this.send(exchange, headers, body, messages, tools, callId);
+      const reply = await this.send(exchange, headers, body, messages, tools, callId, meter);
       if (reply === undefined) return;
 
       const reader = reply.body;
       if (reader === undefined) {
         exchange.finished = true;
-        yield* state.finish(false);
+        for (const event of state.finish(false)) {
+          if (event.type === "finish") finished(meter, state, event);
+          yield event;
+        }
         return;
       }
 
       if (isJsonContentType(reply.header("content-type"))) {
         const text = await this.readWhole(reader, exchange, url, state);
         if (text === undefined) return;
+        meter.chunks = 1;
         for (const event of state.feedBody(text)) {
           if (exchange.cancelled) return;
+          if (event.type === "finish") finished(meter, state, event);
+          else if (meter.textAt === null && PROGRESS.has(event.type)) meter.progressed([event]);
           yield event;
         }
         return;
@@ -400,8 +414,12 @@ export class BaseLLM {
             done = true;
             break stream;
           }
+          meter.chunks++;
           const events = state.feedEvent(sse.event, sse.data);
-          if (hasProgress(events) || state.takeDropped()) exchange.progress();
+          if (hasProgress(events) || state.takeDropped()) {
+            exchange.progress();
+            if (meter.textAt === null) meter.progressed(events);
+          }
           for (let j = 0; j < events.length; j++) {
             if (exchange.cancelled) return;
             yield events[j] as Event;
@@ -423,15 +441,29 @@ export class BaseLLM {
       }
       for (const event of state.finish(done)) {
         if (exchange.cancelled) return;
+        if (event.type === "finish") finished(meter, state, event);
         yield event;
       }
     } catch (err) {
       if (err instanceof BrainlineError) {
-        if (err instanceof StreamError) err.partialText = state.text;
+        if (err instanceof StreamError) {
+          err.partialText = state.text;
+          err.requestId = meter.requestId;
+        }
         this.scrub(err, sessionKey);
       }
+      failure = err;
+      failed = true;
       throw err;
     } finally {
+      // Failed or cancelled: a finished turn has its record already.
+      if (meter.record === undefined) {
+        meter.finish({
+          usage: state.usageCounts(),
+          errorCode: failed ? errorCode(failure) : null,
+          cancelled: !failed,
+        });
+      }
       exchange.dispose();
       this.active.delete(exchange);
     }
@@ -525,6 +557,7 @@ export class BaseLLM {
     messages: readonly object[],
     tools: readonly object[] | null | undefined,
     callId: string | undefined,
+    meter: TurnMeter,
   ): Promise<Reply | undefined> {
     const config = this.llmConfig;
     let retries = 0;
@@ -539,7 +572,9 @@ export class BaseLLM {
         // Cancelled, or a clock ran out, before the request.
         if (exchange.aborted) throw new AbortedError();
         exchange.call = new Call(this.target, "POST", headers, payload, CONNECT_CAP_MS);
+        meter.attempts++;
         response = await exchange.call.reply;
+        meter.answered(response);
       } catch (err) {
         if (exchange.cancelled) return undefined;
         error = this.transportError(err, exchange, this.url);
@@ -776,6 +811,7 @@ export class BaseLLM {
         response.header("retry-after"),
         response.header("retry-after-ms"),
       ),
+      requestId: requestIdOf(response),
     });
   }
 
@@ -862,6 +898,20 @@ function setHeader(headers: [string, string][], name: string, value: string): vo
 function isJsonContentType(contentType: string | null): boolean {
   const type = (contentType ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
   return type === "application/json" || type.endsWith("+json");
+}
+
+/** The finish event gets the turn's metrics record (delivered to onMetrics now). */
+function finished(meter: TurnMeter, state: TurnState, event: FinishEvent): void {
+  (event as { metrics?: TurnMetrics }).metrics = meter.finish({
+    usage: state.usageCounts(),
+    finishReason: event.reason,
+  });
+}
+
+/** What the metrics record says a turn failed with: the brainline code, else the class. */
+function errorCode(err: unknown): string {
+  if (err instanceof BrainlineError) return err.code;
+  return err instanceof Error ? err.name : typeof err;
 }
 
 function hasProgress(events: readonly Event[]): boolean {

@@ -55,17 +55,26 @@ export class APIStatusError extends BrainlineError {
   body: string;
   /** Seconds from the Retry-After header (seconds or an HTTP date); undefined when absent. */
   readonly retryAfter: number | undefined;
+  /** The answer's request id (REQUEST_ID_HEADERS); null when it carried none. */
+  requestId: string | null;
 
   constructor(
     code: string,
     message: string,
-    options: { status: number; body?: string; retryAfter?: number | undefined; cause?: unknown },
+    options: {
+      status: number;
+      body?: string;
+      retryAfter?: number | undefined;
+      requestId?: string | null | undefined;
+      cause?: unknown;
+    },
   ) {
     super(code, message, options);
     this.name = "APIStatusError";
     this.status = options.status;
     this.body = options.body ?? "";
     this.retryAfter = options.retryAfter;
+    this.requestId = options.requestId ?? null;
   }
 }
 
@@ -73,11 +82,18 @@ export class APIStatusError extends BrainlineError {
 export class StreamError extends BrainlineError {
   /** The text already streamed when the error happened. */
   partialText: string;
+  /** The answer's request id (REQUEST_ID_HEADERS); null when it carried none. */
+  requestId: string | null;
 
-  constructor(code: string, message: string, options?: { partialText?: string; cause?: unknown }) {
+  constructor(
+    code: string,
+    message: string,
+    options?: { partialText?: string; requestId?: string | null | undefined; cause?: unknown },
+  ) {
     super(code, message, options);
     this.name = "StreamError";
     this.partialText = options?.partialText ?? "";
+    this.requestId = options?.requestId ?? null;
   }
 }
 
@@ -144,18 +160,20 @@ export function makeError(
     case "APITimeoutError":
       return new APITimeoutError(code, message, cause);
     case "APIStatusError": {
-      const { status, body, retryAfter } = params;
+      const { status, body, retryAfter, requestId } = params;
       return new APIStatusError(code, message, {
         status: typeof status === "number" && Number.isInteger(status) ? status : 0,
         body: typeof body === "string" ? body : "",
         retryAfter: typeof retryAfter === "number" ? retryAfter : undefined,
+        requestId: typeof requestId === "string" ? requestId : null,
         cause: params.cause,
       });
     }
     case "StreamError": {
-      const partialText = params.partialText;
+      const { partialText, requestId } = params;
       return new StreamError(code, message, {
         partialText: typeof partialText === "string" ? partialText : "",
+        requestId: typeof requestId === "string" ? requestId : null,
         cause: params.cause,
       });
     }

@@ -1,3 +1,5 @@
+import type { TurnMetrics } from "./metrics.js";
+
 /** Streamed text meant for the listener. */
 export interface TextEvent {
   readonly type: "text";
@@ -50,6 +52,8 @@ export type FinishReason =
 export interface FinishEvent {
   readonly type: "finish";
   readonly reason: FinishReason;
+  /** The turn's metrics record (the one onMetrics gets). */
+  readonly metrics?: TurnMetrics;
 }
 
 /** How the winning attempt of a FallbackLLM turn started. */

@@ -25,6 +25,7 @@ const TYPE_CHECKS: Record<string, Check> = {
   json_object: (v) => isPlainObject(v),
   tool_choice: (v) => typeof v === "string" || isPlainObject(v),
   session_key_factory: (v) => typeof v === "function",
+  metrics_callback: (v) => typeof v === "function",
 };
 
 function env(name: string): string | undefined {

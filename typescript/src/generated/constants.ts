@@ -18,6 +18,8 @@ export const SSE_MAX_LINE_BYTES = 1048576;
 export const SSE_MAX_EVENT_BYTES = 4194304;
 /** An APIStatusError keeps at most this many bytes of the response body. */
 export const ERROR_BODY_MAX_BYTES = 2048;
+/** Response headers that carry the server's request id, comma-separated, in order of preference: the request_id of the metrics record, APIStatusError and StreamError. */
+export const REQUEST_ID_HEADERS = "x-request-id,request-id,x-litellm-call-id";
 /** Longest memory-scope key accepted (the limit Hermes enforces). */
 export const SESSION_KEY_MAX_LENGTH = 256;
 /** Prefix of the memory-scope key derived with session_key_from="caller_hash". */

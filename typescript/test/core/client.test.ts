@@ -15,6 +15,7 @@ import {
   StreamError,
 } from "../../src/core/errors.js";
 import type { Event } from "../../src/core/events.js";
+import { METRICS_KEYS, type TurnMetrics, TurnMeter } from "../../src/core/metrics.js";
 import type { SessionContext } from "../../src/core/session.js";
 import type { LLMConfig } from "../../src/generated/options.js";
 
@@ -195,6 +196,13 @@ function serve(pieces: readonly string[], gapMs = 0): Handler {
   };
 }
 
+/** The event without the finish event's metrics record (times; the "turn metrics" tests check it). */
+function plain(event: Event): Event {
+  if (event.type !== "finish" || event.metrics === undefined) return event;
+  const { metrics: _metrics, ...rest } = event;
+  return rest;
+}
+
 async function collect(
   iterable: AsyncIterable<Event>,
   onEvent?: (event: Event, count: number) => void | Promise<void>,
@@ -202,7 +210,7 @@ async function collect(
   const events: Event[] = [];
   try {
     for await (const event of iterable) {
-      events.push(event);
+      events.push(plain(event));
       await onEvent?.(event, events.length);
     }
   } catch (error) {
@@ -1074,7 +1082,7 @@ describe("connection pool", () => {
     expect((await turn.next()).value).toEqual({ type: "text", content: "first" });
     gzip.end(textChunk("second") + DONE);
     expect((await turn.next()).value).toEqual({ type: "text", content: "second" });
-    expect((await turn.next()).value).toEqual({ type: "finish", reason: "stop" });
+    expect(plain((await turn.next()).value as Event)).toEqual({ type: "finish", reason: "stop" });
     expect((await turn.next()).done).toBe(true);
     expect(server.requests[0]?.rawHeaders).toContain("gzip, deflate");
   });
@@ -1377,6 +1385,85 @@ describe("turn clocks", () => {
     } finally {
       timers.restore();
     }
+  });
+});
+
+describe("turn metrics", () => {
+  it("gives one record to the callback and the finish event", async () => {
+    server.handler = serve(
+      [
+        sseData({ choices: [{ index: 0, delta: { reasoning_content: "hmm" } }] }),
+        textChunk("Hel"),
+        textChunk("lo"),
+        DONE,
+      ],
+      30,
+    );
+    const sink: TurnMetrics[] = [];
+    const events: Event[] = [];
+    for await (const event of llm({ onMetrics: (m) => sink.push(m) }).stream(MESSAGES)) {
+      events.push(event);
+    }
+    const finish = events.at(-1) as Event & { metrics?: TurnMetrics };
+    expect(finish.type).toBe("finish");
+    expect(sink).toHaveLength(1);
+    expect(sink[0]).toBe(finish.metrics);
+    const record = sink[0] as TurnMetrics;
+    expect(Object.keys(record)).toEqual(METRICS_KEYS);
+    const { headers_ms, first_progress_ms, first_text_ms, duration_ms } = record;
+    expect(headers_ms).not.toBeNull();
+    expect(headers_ms as number).toBeLessThanOrEqual(first_progress_ms as number);
+    expect(first_progress_ms as number).toBeLessThan(first_text_ms as number);
+    expect((first_text_ms as number) - (first_progress_ms as number)).toBeGreaterThanOrEqual(20);
+    expect(first_text_ms as number).toBeLessThanOrEqual(duration_ms);
+  });
+
+  it("logs a callback that throws, and the turn goes on", async () => {
+    server.handler = serve([textChunk("Hi"), DONE]);
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    try {
+      const broken = (): void => {
+        throw new RangeError("exporter down");
+      };
+      const { events, error } = await collect(llm({ onMetrics: broken }).stream(MESSAGES));
+      expect(error).toBeUndefined();
+      expect(events.map((e) => e.type)).toEqual(["text", "finish"]);
+      expect(warn.mock.calls.flat().join(" ")).toContain("onMetrics threw RangeError");
+    } finally {
+      warn.mockRestore();
+    }
+  });
+
+  it("gives a cancelled record when the caller stops early", async () => {
+    server.handler = serve([textChunk("a"), textChunk("b"), textChunk("c"), DONE], 50);
+    const sink: TurnMetrics[] = [];
+    for await (const _ of llm({ onMetrics: (m) => sink.push(m) }).stream(MESSAGES)) break;
+    expect(sink).toHaveLength(1);
+    expect(sink[0]?.cancelled).toBe(true);
+    expect(sink[0]?.error_code).toBeNull();
+    expect(sink[0]?.chunks).toBe(1);
+  });
+
+  it("gives a record without a request when cancelled before the start", async () => {
+    const sink: TurnMetrics[] = [];
+    const signal = AbortSignal.abort();
+    const { events } = await collect(
+      llm({ onMetrics: (m) => sink.push(m) }).stream(MESSAGES, null, { signal }),
+    );
+    expect(events).toEqual([]);
+    expect(sink).toHaveLength(1);
+    expect(sink[0]?.cancelled).toBe(true);
+    expect(sink[0]?.attempts).toBe(0);
+    expect(server.requests).toHaveLength(0);
+  });
+
+  it("builds the record once", () => {
+    const calls: TurnMetrics[] = [];
+    const meter = new TurnMeter("custom", "m", (m) => calls.push(m));
+    const first = meter.finish({ finishReason: "stop" });
+    expect(meter.finish({ errorCode: "interrupted" })).toBe(first);
+    expect(calls).toHaveLength(1);
+    expect(first.error_code).toBeNull();
   });
 });
 

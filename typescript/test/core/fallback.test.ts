@@ -175,7 +175,7 @@ test("the primary answers with a route event first", async () => {
     failed: [],
   });
   expect(texts(events)).toBe("Hello");
-  expect(events.at(-1)).toEqual({ type: "finish", reason: "stop" });
+  expect(events.at(-1)).toMatchObject({ type: "finish", reason: "stop" });
   expect(await recorded(`${p}/b/`)).toEqual([]);
 });
 

@@ -177,6 +177,11 @@ test("test_cerebras__default__session_key_from", () => {
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
 });
 
+test("test_cerebras__default__on_metrics", () => {
+  const llm = construct(brainline.CerebrasLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
+});
+
 test("test_cerebras__default__temperature", () => {
   const llm = construct(brainline.CerebrasLLM, { model: "test-model" });
   expect(llm.config.temperature).toEqual(undefined);
@@ -834,6 +839,15 @@ test("test_cerebras__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_cerebras__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_cerebras__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.CerebrasLLM, { model: "test-model", temperature: "fast" }),
@@ -1288,6 +1302,14 @@ test("test_custom__default__session_key_from", () => {
     model: "test-model",
   });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_custom__default__on_metrics", () => {
+  const llm = construct(brainline.CustomLLM, {
+    baseUrl: "http://127.0.0.1:9/v1",
+    model: "test-model",
+  });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_custom__default__temperature", () => {
@@ -2236,6 +2258,19 @@ test("test_custom__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_custom__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      onMetrics: "not a function",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_custom__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.CustomLLM, {
@@ -2777,6 +2812,11 @@ test("test_deepseek__default__session_key_factory", () => {
 test("test_deepseek__default__session_key_from", () => {
   const llm = construct(brainline.DeepSeekLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_deepseek__default__on_metrics", () => {
+  const llm = construct(brainline.DeepSeekLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_deepseek__default__temperature", () => {
@@ -3436,6 +3476,15 @@ test("test_deepseek__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_deepseek__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_deepseek__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.DeepSeekLLM, { model: "test-model", temperature: "fast" }),
@@ -3829,6 +3878,11 @@ test("test_fireworks__default__session_key_factory", () => {
 test("test_fireworks__default__session_key_from", () => {
   const llm = construct(brainline.FireworksLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_fireworks__default__on_metrics", () => {
+  const llm = construct(brainline.FireworksLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_fireworks__default__temperature", () => {
@@ -4488,6 +4542,15 @@ test("test_fireworks__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_fireworks__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_fireworks__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.FireworksLLM, { model: "test-model", temperature: "fast" }),
@@ -4885,6 +4948,11 @@ test("test_groq__default__session_key_factory", () => {
 test("test_groq__default__session_key_from", () => {
   const llm = construct(brainline.GroqLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_groq__default__on_metrics", () => {
+  const llm = construct(brainline.GroqLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_groq__default__temperature", () => {
@@ -5517,6 +5585,15 @@ test("test_groq__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_groq__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_groq__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.GroqLLM, { model: "test-model", temperature: "fast" }),
@@ -5919,6 +5996,11 @@ test("test_hermes__default__session_key_factory", () => {
 test("test_hermes__default__session_key_from", () => {
   const llm = construct(brainline.HermesLLM, {});
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_hermes__default__on_metrics", () => {
+  const llm = construct(brainline.HermesLLM, {});
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_hermes__default__temperature", () => {
@@ -6464,6 +6546,13 @@ test("test_hermes__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_hermes__validate__on_metrics__type", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { onMetrics: "not a function" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_hermes__validate__temperature__type", () => {
   const err = thrown(() => construct(brainline.HermesLLM, { temperature: "fast" }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
@@ -6819,6 +6908,11 @@ test("test_litellm__default__session_key_factory", () => {
 test("test_litellm__default__session_key_from", () => {
   const llm = construct(brainline.LiteLLMProxyLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_litellm__default__on_metrics", () => {
+  const llm = construct(brainline.LiteLLMProxyLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_litellm__default__temperature", () => {
@@ -7490,6 +7584,15 @@ test("test_litellm__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_litellm__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_litellm__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.LiteLLMProxyLLM, { model: "test-model", temperature: "fast" }),
@@ -7893,6 +7996,11 @@ test("test_llamacpp__default__session_key_factory", () => {
 test("test_llamacpp__default__session_key_from", () => {
   const llm = construct(brainline.LlamaCppLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_llamacpp__default__on_metrics", () => {
+  const llm = construct(brainline.LlamaCppLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_llamacpp__default__temperature", () => {
@@ -8552,6 +8660,15 @@ test("test_llamacpp__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_llamacpp__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_llamacpp__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.LlamaCppLLM, { model: "test-model", temperature: "fast" }),
@@ -8945,6 +9062,11 @@ test("test_lmstudio__default__session_key_factory", () => {
 test("test_lmstudio__default__session_key_from", () => {
   const llm = construct(brainline.LMStudioLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_lmstudio__default__on_metrics", () => {
+  const llm = construct(brainline.LMStudioLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_lmstudio__default__temperature", () => {
@@ -9614,6 +9736,15 @@ test("test_lmstudio__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_lmstudio__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_lmstudio__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.LMStudioLLM, { model: "test-model", temperature: "fast" }),
@@ -10007,6 +10138,11 @@ test("test_mistral__default__session_key_factory", () => {
 test("test_mistral__default__session_key_from", () => {
   const llm = construct(brainline.MistralLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_mistral__default__on_metrics", () => {
+  const llm = construct(brainline.MistralLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_mistral__default__temperature", () => {
@@ -10657,6 +10793,15 @@ test("test_mistral__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_mistral__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_mistral__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.MistralLLM, { model: "test-model", temperature: "fast" }),
@@ -11050,6 +11195,11 @@ test("test_ollama__default__session_key_factory", () => {
 test("test_ollama__default__session_key_from", () => {
   const llm = construct(brainline.OllamaLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_ollama__default__on_metrics", () => {
+  const llm = construct(brainline.OllamaLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_ollama__default__temperature", () => {
@@ -11701,6 +11851,15 @@ test("test_ollama__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_ollama__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_ollama__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OllamaLLM, { model: "test-model", temperature: "fast" }),
@@ -12151,6 +12310,14 @@ test("test_openai_compatible__default__session_key_from", () => {
     model: "test-model",
   });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_openai_compatible__default__on_metrics", () => {
+  const llm = construct(brainline.OpenAICompatibleLLM, {
+    baseUrl: "http://127.0.0.1:9/v1",
+    model: "test-model",
+  });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_openai_compatible__default__temperature", () => {
@@ -13107,6 +13274,19 @@ test("test_openai_compatible__validate__session_key_from__choice_caller_hash", (
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_openai_compatible__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      onMetrics: "not a function",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_openai_compatible__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OpenAICompatibleLLM, {
@@ -13648,6 +13828,11 @@ test("test_openclaw__default__session_key_factory", () => {
 test("test_openclaw__default__session_key_from", () => {
   const llm = construct(brainline.OpenClawLLM, { agent: "support" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_openclaw__default__on_metrics", () => {
+  const llm = construct(brainline.OpenClawLLM, { agent: "support" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_openclaw__default__temperature", () => {
@@ -14319,6 +14504,15 @@ test("test_openclaw__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_openclaw__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_openclaw__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OpenClawLLM, { agent: "support", temperature: "fast" }),
@@ -14708,6 +14902,11 @@ test("test_openrouter__default__session_key_factory", () => {
 test("test_openrouter__default__session_key_from", () => {
   const llm = construct(brainline.OpenRouterLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_openrouter__default__on_metrics", () => {
+  const llm = construct(brainline.OpenRouterLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_openrouter__default__temperature", () => {
@@ -15375,6 +15574,15 @@ test("test_openrouter__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_openrouter__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_openrouter__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OpenRouterLLM, { model: "test-model", temperature: "fast" }),
@@ -15772,6 +15980,11 @@ test("test_together__default__session_key_factory", () => {
 test("test_together__default__session_key_from", () => {
   const llm = construct(brainline.TogetherLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_together__default__on_metrics", () => {
+  const llm = construct(brainline.TogetherLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_together__default__temperature", () => {
@@ -16431,6 +16644,15 @@ test("test_together__validate__session_key_from__choice_caller_hash", () => {
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
 });
 
+test("test_together__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
 test("test_together__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.TogetherLLM, { model: "test-model", temperature: "fast" }),
@@ -16824,6 +17046,11 @@ test("test_vllm__default__session_key_factory", () => {
 test("test_vllm__default__session_key_from", () => {
   const llm = construct(brainline.VLLMLLM, { model: "test-model" });
   expect(llm.config.sessionKeyFrom).toEqual(undefined);
+});
+
+test("test_vllm__default__on_metrics", () => {
+  const llm = construct(brainline.VLLMLLM, { model: "test-model" });
+  expect(llm.config.onMetrics).toEqual(undefined);
 });
 
 test("test_vllm__default__temperature", () => {
@@ -17454,6 +17681,15 @@ test("test_vllm__validate__session_key_from__choice", () => {
 test("test_vllm__validate__session_key_from__choice_caller_hash", () => {
   const llm = construct(brainline.VLLMLLM, { model: "test-model", sessionKeyFrom: "caller_hash" });
   expect(llm.config.sessionKeyFrom).toEqual("caller_hash");
+});
+
+test("test_vllm__validate__on_metrics__type", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", onMetrics: "not a function" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
 test("test_vllm__validate__temperature__type", () => {

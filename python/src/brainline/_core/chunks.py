@@ -282,6 +282,19 @@ class TurnState:
             self._parts.append(piece)
             events.append({"type": "text", "content": piece})
 
+    def usage_counts(self) -> tuple[int, int, int] | None:
+        """The usage seen so far as (input (uncached), output, cache read) tokens; None without."""
+        usage = self._usage
+        if usage is None:
+            return None
+        details = usage.get("prompt_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        return (
+            max(0, _count(usage.get("prompt_tokens")) - cached),
+            _count(usage.get("completion_tokens")),
+            cached,
+        )
+
     def finish(self, done: bool) -> list[Event]:
         """The closing events: one usage event if any usage was seen, then the finish event.
 
@@ -292,16 +305,14 @@ class TurnState:
         if self._held:
             held, self._held, self._plain = self._held, "", not self._think
             self._emit(held, events)
-        usage = self._usage
+        usage = self.usage_counts()
         if usage is not None:
-            details = usage.get("prompt_tokens_details")
-            cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
             events.append(
                 {
                     "type": "usage",
-                    "input_tokens": max(0, _count(usage.get("prompt_tokens")) - cached),
-                    "output_tokens": _count(usage.get("completion_tokens")),
-                    "cache_read_tokens": cached,
+                    "input_tokens": usage[0],
+                    "output_tokens": usage[1],
+                    "cache_read_tokens": usage[2],
                 }
             )
         reason: FinishReason

@@ -33,6 +33,7 @@ from .._generated.options import BODY_FIELDS, LLMConfig
 from .chunks import TurnState
 from .errors import APIStatusError, BrainlineError, StreamError, make_error
 from .events import Event, ToolCallEvent, Turn, Usage, assemble_tool_calls
+from .metrics import TurnMeter, request_id_of
 from .session import SessionContext, hash_caller, resolve_session_key
 from .sse import SSEDecoder
 
@@ -407,20 +408,31 @@ class BaseLLM:
         _check_call_arguments(messages, tools, call_id, caller, callee)
         headers, session_key = self._request_headers(call_id, caller, callee)
         body = self._request_body(messages, tools, call_id)
+        config = self._config
+        meter = TurnMeter(self.provider_key, config.model, config.on_metrics)
         if cancel_event is not None and cancel_event.is_set():
+            meter.finish(cancelled=True)
             return
         client = self._client or self._open()
         barge = None if cancel_event is None else _Barge(cancel_event)
-        deadline = _Deadline(self._config)
-        state = TurnState(self._config.reasoning)
+        deadline = _Deadline(config)
+        state = TurnState(config.reasoning)
         response: httpx.Response | None = None
+        failure: BaseException | None = None
         try:
-            response = await self._send(client, headers, body, messages, tools, call_id, _failover)
+            response = await self._send(
+                client, headers, body, messages, tools, call_id, _failover, meter
+            )
             if barge is not None:
                 barge.response = response
 
             if _is_json(response.headers.get("content-type")):
+                meter.chunks = 1
                 for event in await self._read_json(response, state):
+                    if event["type"] == "finish":
+                        self._finished(meter, state, event)
+                    elif meter.text_at is None and event["type"] in _PROGRESS:
+                        meter.progressed([event])
                     if barge is not None:
                         if barge.event.is_set():
                             return
@@ -451,9 +463,12 @@ class BaseLLM:
                     if data == "[DONE]":
                         done = True
                         break
+                    meter.chunks += 1
                     events = state.feed_event(sse.event, data)
                     if _has_progress(events) or state.take_dropped():
                         deadline.progress()
+                        if meter.text_at is None:
+                            meter.progressed(events)
                     for event in events:
                         if barge is not None:
                             if barge.event.is_set():
@@ -482,6 +497,8 @@ class BaseLLM:
                     if barge.event.is_set():
                         return
                     barge.at_yield = True
+                if event["type"] == "finish":
+                    self._finished(meter, state, event)
                 yield event
                 if barge is not None and barge.resume():
                     return
@@ -492,7 +509,8 @@ class BaseLLM:
                     raise
                 logger.debug("turn cancelled")
             elif timed_out:
-                raise deadline.error(self._url) from None
+                failure = deadline.error(self._url)
+                raise failure from None
             else:
                 raise
         except Exception as exc:
@@ -506,7 +524,8 @@ class BaseLLM:
             if deadline.cancelled_task:
                 deadline.absorb()  # our timer's cancel, surfaced as another error
                 _strip_requests(exc)
-                raise deadline.error(self._url) from exc
+                failure = deadline.error(self._url)
+                raise failure from exc
             if client.is_closed:
                 # aclose() during the turn ends it as if cancelled.
                 logger.debug("turn ended by aclose() (%s)", type(exc).__name__)
@@ -514,9 +533,17 @@ class BaseLLM:
             if isinstance(exc, BrainlineError):
                 if isinstance(exc, StreamError):
                     exc.partial_text = state.text
+                    exc.request_id = meter.request_id
                 self._scrub(exc, session_key)
+            failure = exc
             raise
         finally:
+            if meter.record is None:  # failed or cancelled: finished turns have their record
+                meter.finish(
+                    usage=state.usage_counts(),
+                    error_code=None if failure is None else _error_code(failure),
+                    cancelled=failure is None,
+                )
             deadline.stop()
             if barge is not None:
                 await barge.stop()
@@ -615,6 +642,7 @@ class BaseLLM:
         tools: Sequence[Mapping[str, Any]] | None,
         call_id: str | None,
         failover: bool = False,
+        meter: TurnMeter | None = None,
     ) -> httpx.Response:
         """POST the turn and return the 2xx response (its body not read yet).
 
@@ -628,6 +656,8 @@ class BaseLLM:
         budget = config.retry_budget
         while True:
             request = httpx.Request("POST", self._request_url, headers=headers, content=body)
+            if meter is not None:
+                meter.attempts += 1
             try:
                 response = await self._send_once(client, request)
             except httpx.TransportError as exc:
@@ -641,6 +671,13 @@ class BaseLLM:
                 else:  # a fresh connection took the request: it may have run
                     raise error from exc
             else:
+                if "transfer-encoding" in response.headers and "content-length" in response.headers:
+                    # How request smuggling and response splitting begin (RFC 9112 section 6.3):
+                    # refused, as TypeScript's transport refuses it (h11 would let chunked win).
+                    await response.aclose()
+                    raise make_error("connection_error", url=self._url)
+                if meter is not None:
+                    meter.answered(response.headers)
                 if 200 <= response.status_code < 300:
                     return response
                 try:
@@ -834,6 +871,7 @@ class BaseLLM:
             retry_after=_retry_after(
                 response.headers.get("retry-after"), response.headers.get("retry-after-ms")
             ),
+            request_id=request_id_of(response.headers),
         )
 
     async def _read_json(self, response: httpx.Response, state: TurnState) -> list[Event]:
@@ -849,6 +887,11 @@ class BaseLLM:
         except _BODY_ERRORS as exc:
             raise self._body_error(exc, state) from exc
         return state.feed_body(b"".join(parts).decode("utf-8-sig", "replace"))
+
+    def _finished(self, meter: TurnMeter, state: TurnState, event: Event) -> None:
+        """The finish event gets the turn's metrics record (delivered to on_metrics now)."""
+        finish = cast(dict[str, Any], event)
+        finish["metrics"] = meter.finish(usage=state.usage_counts(), finish_reason=finish["reason"])
 
     def _scrub(self, exc: BrainlineError, session_key: str | None) -> None:
         """Keep keys out of an error, even when a server echoes them back, and out of its chain."""
@@ -908,6 +951,12 @@ def _check_call_arguments(
             raise make_error(code, option=option, expected="a string", value=value)
     if call_id and _HEADER_UNSAFE.search(cast(str, call_id)):
         raise make_error("invalid_header_value", option="call_id")
+
+
+def _error_code(exc: BaseException) -> str:
+    """What the metrics record says a turn failed with: the brainline code, else the class."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) else type(exc).__name__
 
 
 def _stale_connection(exc: httpx.TransportError) -> bool:

@@ -59,7 +59,8 @@ class APIStatusError(BrainlineError):
     """The server answered with a non-2xx status.
 
     Carries `status`, a body excerpt of at most ERROR_BODY_MAX_BYTES bytes (decoded as UTF-8 with
-    replacement) and `retry_after` (seconds) when the server sent Retry-After.
+    replacement), `retry_after` (seconds) when the server sent Retry-After, and `request_id` when
+    the answer carried one (REQUEST_ID_HEADERS).
     """
 
     def __init__(
@@ -70,19 +71,25 @@ class APIStatusError(BrainlineError):
         status: int = 0,
         body: str = "",
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(code, message)
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        self.request_id = request_id
 
 
 class StreamError(BrainlineError):
-    """The stream failed after a 2xx response. Carries the text already streamed."""
+    """The stream failed after a 2xx response. Carries the text already streamed, and
+    `request_id` when the answer carried one."""
 
-    def __init__(self, code: str, message: str, *, partial_text: str = "") -> None:
+    def __init__(
+        self, code: str, message: str, *, partial_text: str = "", request_id: str | None = None
+    ) -> None:
         super().__init__(code, message)
         self.partial_text = partial_text
+        self.request_id = request_id
 
 
 class AllEndpointsFailedError(BrainlineError):
@@ -123,7 +130,7 @@ def make_error(code: str, **params: Any) -> BrainlineError:
     `what`, `expected`, `null`, `pattern` or ending in `_name`, which are inserted as they are.
     A placeholder without a param stays as written, except `{null}`, which defaults to "None".
     Params that are not placeholders are ignored by the message; `status`, `body` and
-    `retry_after` (APIStatusError), `partial_text` (StreamError) and `errors`
+    `retry_after` (APIStatusError), `partial_text` (StreamError), `request_id` (both) and `errors`
     (AllEndpointsFailedError) become attributes.
     An unknown code raises KeyError (a bug in the caller, not a user error).
     """
@@ -148,9 +155,15 @@ def make_error(code: str, **params: Any) -> BrainlineError:
             status=status if isinstance(status, int) and not isinstance(status, bool) else 0,
             body=params.get("body", ""),
             retry_after=params.get("retry_after"),
+            request_id=params.get("request_id"),
         )
     if cls is StreamError:
-        return StreamError(code, message, partial_text=params.get("partial_text", ""))
+        return StreamError(
+            code,
+            message,
+            partial_text=params.get("partial_text", ""),
+            request_id=params.get("request_id"),
+        )
     if cls is AllEndpointsFailedError:
         return AllEndpointsFailedError(code, message, errors=params.get("errors", ()))
     return cls(code, message)

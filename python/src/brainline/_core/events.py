@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
+
+if TYPE_CHECKING:  # annotations only: NotRequired is typing's from Python 3.11
+    from typing_extensions import NotRequired
+
+    from .metrics import TurnMetrics
 
 __all__ = [
     "Event",
@@ -77,10 +82,12 @@ class UsageEvent(TypedDict):
 
 
 class FinishEvent(TypedDict):
-    """The last event of every turn that was neither cancelled nor failed."""
+    """The last event of every turn that was neither cancelled nor failed; `metrics` is the
+    turn's metrics record (the one on_metrics gets)."""
 
     type: Literal["finish"]
     reason: FinishReason
+    metrics: NotRequired[TurnMetrics]
 
 
 RouteReason = Literal["primary", "hedge", "failover"]

@@ -43,6 +43,7 @@ _TYPE_CHECKS: dict[str, Callable[[object], bool]] = {
     "json_object": lambda v: _is_str_mapping(v, of_str=False),
     "tool_choice": lambda v: isinstance(v, str) or _is_str_mapping(v, of_str=False),
     "session_key_factory": callable,
+    "metrics_callback": callable,
 }
 
 

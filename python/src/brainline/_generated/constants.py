@@ -23,6 +23,8 @@ SSE_MAX_EVENT_BYTES: Final = 4194304
 """Largest SSE event data accepted (4 MiB); larger raises StreamError too_large."""
 ERROR_BODY_MAX_BYTES: Final = 2048
 """An APIStatusError keeps at most this many bytes of the response body."""
+REQUEST_ID_HEADERS: Final = "x-request-id,request-id,x-litellm-call-id"
+"""Response headers that carry the server's request id, comma-separated, in order of preference: the request_id of the metrics record, APIStatusError and StreamError."""
 SESSION_KEY_MAX_LENGTH: Final = 256
 """Longest memory-scope key accepted (the limit Hermes enforces)."""
 CALLER_HASH_PREFIX: Final = "patter-caller-"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Final, NoReturn, SupportsIndex
 
 from .._core import validate as v
+from .._core.metrics import TurnMetrics
 from .._core.session import SessionContext
 
 
@@ -70,6 +71,8 @@ class LLMConfig:
     """Called once per turn with the SessionContext (call id, caller, callee, caller hash); a non-empty return value becomes the memory-scope header."""
     session_key_from: str | None
     """"caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire."""
+    on_metrics: Callable[[TurnMetrics], object] | None
+    """Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn."""
     temperature: float | None
     """Sampling temperature."""
     max_tokens: int | None
@@ -163,6 +166,7 @@ def build_config(
     session_key: str | None,
     session_key_factory: Callable[[SessionContext], str | None] | None,
     session_key_from: str | None,
+    on_metrics: Callable[[TurnMetrics], object] | None,
     temperature: float | None,
     max_tokens: int | None,
     top_p: float | None,
@@ -233,6 +237,7 @@ def build_config(
     v.check_choice(
         "session_key_from", session_key_from, ["caller_hash"], "invalid_session_key_from"
     )
+    v.check_type("on_metrics", on_metrics, "metrics_callback", "a function")
     v.check_type("temperature", temperature, "number", "a number")
     v.check_range("temperature", temperature, 0, 2)
     v.check_type("max_tokens", max_tokens, "integer", "an integer")
@@ -274,6 +279,7 @@ def build_config(
         session_key=session_key,
         session_key_factory=session_key_factory,
         session_key_from=session_key_from,
+        on_metrics=on_metrics,
         temperature=temperature,
         max_tokens=max_tokens,
         top_p=top_p,

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from .._core import validate as v
 from .._core.client import BaseLLM
+from .._core.metrics import TurnMetrics
 from .._core.session import SessionContext
 from .options import build_config
 
@@ -40,6 +41,7 @@ class VLLMLLM(BaseLLM):
         session_key: Static memory-scope key (credential-grade; never logged).
         session_key_factory: Called once per turn with the SessionContext (call id, caller, callee, caller hash); a non-empty return value becomes the memory-scope header.
         session_key_from: "caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire.
+        on_metrics: Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn.
         temperature: Sampling temperature.
         max_tokens: Most tokens to generate; sent under the key `max_tokens_field` chooses (`max_completion_tokens` by default).
         top_p: Nucleus sampling probability mass.
@@ -84,6 +86,7 @@ class VLLMLLM(BaseLLM):
         session_key: str | None = None,
         session_key_factory: Callable[[SessionContext], str | None] | None = None,
         session_key_from: str | None = None,
+        on_metrics: Callable[[TurnMetrics], object] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         top_p: float | None = None,
@@ -133,6 +136,7 @@ class VLLMLLM(BaseLLM):
                 session_key=session_key,
                 session_key_factory=session_key_factory,
                 session_key_from=session_key_from,
+                on_metrics=on_metrics,
                 temperature=temperature,
                 max_tokens=max_tokens,
                 top_p=top_p,

@@ -182,6 +182,9 @@ def validate_case(case: Mapping[str, Any], path: Path | None = None) -> None:
     if path is not None and path.stem != case["id"]:
         raise ValueError(f"{where}: id {case['id']!r} differs from the file name")
     compile_script({"responses": case["server"]})
+    for endpoint in case.get("fallback", []):
+        if "server" in endpoint:
+            compile_script({"responses": endpoint["server"]})
 
 
 def load_cases(directory: Path = CASES_DIR, validate: bool = True) -> list[dict[str, Any]]:
@@ -199,13 +202,21 @@ def route_prefix(runner: str, case_id: str) -> str:
     return f"/{runner}/{case_id}"
 
 
+def endpoint_prefix(runner: str, case_id: str, index: int) -> str:
+    """A FallbackLLM case's endpoint `index`: its own route under the case's."""
+    return f"{route_prefix(runner, case_id)}/e{index}"
+
+
 def case_routes(cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """The mock server routes for all cases and both runners."""
-    return {
-        f"{route_prefix(runner, case['id'])}/": case["server"]
-        for case in cases
-        for runner in RUNNERS
-    }
+    """The mock server routes for all cases and both runners (and each FallbackLLM endpoint)."""
+    routes = {}
+    for case in cases:
+        for runner in RUNNERS:
+            routes[f"{route_prefix(runner, case['id'])}/"] = case["server"]
+            for index, endpoint in enumerate(case.get("fallback", [])):
+                if "server" in endpoint:
+                    routes[f"{endpoint_prefix(runner, case['id'], index)}/"] = endpoint["server"]
+    return routes
 
 
 # -- named factories (the same names and results in runner_ts.mjs) --------------------------------
@@ -252,8 +263,11 @@ def resolve_option(value: Any, base_url: str, harness: Harness) -> Any:
     return value
 
 
-def build_options(case: Mapping[str, Any], harness: Harness, runner: str) -> dict[str, Any]:
-    base_url = harness.origin + route_prefix(runner, case["id"]) + "/v1"
+def build_options(
+    case: Mapping[str, Any], harness: Harness, runner: str, prefix: str | None = None
+) -> dict[str, Any]:
+    """The options of `case` (or of one FallbackLLM endpoint, on its route `prefix`)."""
+    base_url = harness.origin + (prefix or route_prefix(runner, case["id"])) + "/v1"
     options: dict[str, Any] = {}
     if "base_url" not in case["options"]:
         options["base_url"] = base_url
@@ -304,6 +318,8 @@ def error_info(exc: BaseException) -> dict[str, Any]:
         info["body"] = exc.body
     if isinstance(exc, brainline.StreamError):
         info["partial_text"] = exc.partial_text
+    if isinstance(exc, brainline.AllEndpointsFailedError):
+        info["errors"] = [error.code for error in exc.errors]
     return info
 
 
@@ -365,8 +381,24 @@ class _Records:
                 return False
             await asyncio.sleep(0.01)
 
+    async def closes(self, seen: int) -> list[bool]:
+        """For each new request, in arrival order: whether the client closed its connection
+        before the response ended (FallbackLLM cases: the losers' closes). Waits for each to
+        settle."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while True:
+            requests = (await self.fetch())[seen:]
+            settled = [r["client_closed"] or r["completed"] or r["dropped"] for r in requests]
+            if all(settled) or time.monotonic() >= deadline:
+                return [bool(r["client_closed"]) for r in requests]
+            await asyncio.sleep(0.01)
 
-async def _run_call(llm: Any, call: Mapping[str, Any], records: _Records) -> dict[str, Any]:
+
+async def _run_call(
+    llm: Any, call: Mapping[str, Any], records: _Records, closes: bool = False
+) -> dict[str, Any]:
+    if "sleep_ms" in call:
+        await asyncio.sleep(call["sleep_ms"] / 1000)
     seen = len(await records.fetch())
     method = call.get("method", "stream")
     messages = call["messages"]
@@ -414,6 +446,8 @@ async def _run_call(llm: Any, call: Mapping[str, Any], records: _Records) -> dic
             "prompt": bool(fired_at) and ended - fired_at[0] <= CANCEL_PROMPT_S,
         }
     result["server_saw_close"] = await records.saw_close(seen)
+    if closes:
+        result["closed"] = await records.closes(seen)
     return result
 
 
@@ -425,11 +459,20 @@ async def run_case_raw(case: Mapping[str, Any], harness: Harness) -> dict[str, A
     raw: dict[str, Any] = {"construct_error": None, "turns": []}
     async with httpx.AsyncClient(timeout=10) as control:
         records = _Records(control, harness.origin, prefix)
-        cls = getattr(brainline, PROVIDER_CLASSES[case["provider"]])
-        options = build_options(case, harness, "py")
+        endpoints = case.get("fallback")
+        cls = getattr(brainline, PROVIDER_CLASSES.get(case["provider"], "FallbackLLM"))
         try:
             with case_env(case, harness):
-                llm = cls(**options)
+                if endpoints is None:
+                    llm = cls(**build_options(case, harness, "py"))
+                else:  # a FallbackLLM over endpoints, each on its own route
+                    llms = [
+                        getattr(brainline, PROVIDER_CLASSES[e["provider"]])(
+                            **build_options(e, harness, "py", endpoint_prefix("py", case["id"], i))
+                        )
+                        for i, e in enumerate(endpoints)
+                    ]
+                    llm = cls(llms, **case["options"])
         except Exception as exc:
             raw["construct_error"] = error_info(exc)
             raw["requests"] = await records.fetch()
@@ -442,7 +485,7 @@ async def run_case_raw(case: Mapping[str, Any], harness: Harness) -> dict[str, A
                 }
             calls = case.get("calls") or ([case["call"]] if "call" in case else [])
             for call in calls:
-                raw["turns"].append(await _run_call(llm, call, records))
+                raw["turns"].append(await _run_call(llm, call, records, endpoints is not None))
             if case.get("count_open_connections"):
                 raw["open_connections"] = await records.open_connections()
         finally:

@@ -76,6 +76,17 @@ class Records {
     const used = new Set(snapshot.requests.map((r) => r.connection));
     return snapshot.connections.filter((c) => used.has(c.id) && c.closed_at === null).length;
   }
+  // For each new request, in arrival order: whether the client closed it before the response ended
+  // (FallbackLLM cases: the losers' closes). Waits for each to settle.
+  async closes(seen) {
+    const deadline = Date.now() + CLOSE_WAIT_MS;
+    for (;;) {
+      const requests = (await this.fetch()).slice(seen);
+      const settled = requests.every((r) => r.client_closed || r.completed || r.dropped);
+      if (settled || Date.now() >= deadline) return requests.map((r) => Boolean(r.client_closed));
+      await sleep(10);
+    }
+  }
   async sawClose(seen) {
     const deadline = Date.now() + CLOSE_WAIT_MS;
     for (;;) {
@@ -106,8 +117,9 @@ function resolveOption(value, baseUrl, payload) {
   return value;
 }
 
-function buildOptions(testCase, payload) {
-  const baseUrl = `${payload.origin}/ts/${testCase.id}/v1`;
+// The options of a case (or of one FallbackLLM endpoint, on its route `prefix`).
+function buildOptions(testCase, payload, prefix = `/ts/${testCase.id}`) {
+  const baseUrl = `${payload.origin}${prefix}/v1`;
   const options = {};
   if (!("base_url" in testCase.options)) options.baseUrl = baseUrl;
   for (const [name, value] of Object.entries(testCase.options)) {
@@ -148,6 +160,9 @@ function errorInfo(mod, err) {
     info.body = err.body;
   }
   if (mod.StreamError && err instanceof mod.StreamError) info.partial_text = err.partialText;
+  if (mod.AllEndpointsFailedError && err instanceof mod.AllEndpointsFailedError) {
+    info.errors = err.errors.map((e) => e.code);
+  }
   return info;
 }
 
@@ -176,7 +191,8 @@ function turnInfo(turn) {
 
 const jsonClone = (value) => JSON.parse(JSON.stringify(value));
 
-async function runCall(mod, llm, call, records) {
+async function runCall(mod, llm, call, records, closes = false) {
+  if ("sleep_ms" in call) await sleep(call.sleep_ms);
   const seen = (await records.fetch()).length;
   const method = call.method ?? "stream";
   const opts = {};
@@ -227,20 +243,34 @@ async function runCall(mod, llm, call, records) {
     };
   }
   result.server_saw_close = await records.sawClose(seen);
+  if (closes) result.closed = await records.closes(seen);
   return result;
 }
 
 async function runCaseRaw(mod, testCase, payload) {
   const records = new Records(payload.origin, `/ts/${testCase.id}`);
   const raw = { construct_error: null, turns: [] };
-  const Cls = mod[PROVIDER_CLASSES[testCase.provider]];
+  const endpoints = testCase.fallback;
+  const className = PROVIDER_CLASSES[testCase.provider] ?? "FallbackLLM";
+  const Cls = mod[className];
   let llm;
   try {
-    if (typeof Cls !== "function") {
-      throw new TypeError(`the package exports no ${PROVIDER_CLASSES[testCase.provider]}`);
+    if (typeof Cls !== "function") throw new TypeError(`the package exports no ${className}`);
+    if (endpoints === undefined) {
+      const options = buildOptions(testCase, payload);
+      llm = withEnv(testCase, payload, () => new Cls(options));
+    } else {
+      // A FallbackLLM over endpoints, each on its own route.
+      const options = {};
+      for (const [name, value] of Object.entries(testCase.options)) options[camel(name)] = value;
+      llm = withEnv(testCase, payload, () => {
+        const llms = endpoints.map((e, i) => {
+          const Endpoint = mod[PROVIDER_CLASSES[e.provider]];
+          return new Endpoint(buildOptions(e, payload, `/ts/${testCase.id}/e${i}`));
+        });
+        return new Cls(llms, options);
+      });
     }
-    const options = buildOptions(testCase, payload);
-    llm = withEnv(testCase, payload, () => new Cls(options));
   } catch (err) {
     raw.construct_error = errorInfo(mod, err);
     raw.requests = await records.text();
@@ -255,7 +285,9 @@ async function runCaseRaw(mod, testCase, payload) {
       }
     }
     const calls = testCase.calls ?? (testCase.call ? [testCase.call] : []);
-    for (const call of calls) raw.turns.push(await runCall(mod, llm, call, records));
+    for (const call of calls) {
+      raw.turns.push(await runCall(mod, llm, call, records, endpoints !== undefined));
+    }
     if (testCase.count_open_connections) raw.open_connections = await records.openConnections();
   } finally {
     await llm.close?.();

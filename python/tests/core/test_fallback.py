@@ -105,6 +105,12 @@ def test_options_are_checked(options: dict[str, Any], code: str, message: str) -
     assert str(info.value) == message
 
 
+def test_an_unknown_option_is_a_type_error() -> None:
+    # Python's own TypeError; TypeScript raises ConfigError unknown_option (docs/runtime.md)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hedgeAfter'"):
+        FallbackLLM([CustomLLM(base_url="http://127.0.0.1:9/v1", model="m")], hedgeAfter=0.3)  # type: ignore[call-arg]
+
+
 def test_none_means_the_default_cooldown() -> None:
     llm = FallbackLLM(
         [CustomLLM(base_url="http://127.0.0.1:9/v1", model="m")],

@@ -18,13 +18,17 @@ export interface FallbackConfig {
   readonly cooldown: number;
 }
 
+/** The option names {@link FallbackOptions} has; buildFallbackConfig refuses any other key. */
+const OPTION_NAMES: ReadonlySet<string> = new Set(["hedgeAfter", "cooldown"]);
+
 /**
  * Check FallbackLLM's options against the spec's rules; null or undefined means the default.
  *
- * @throws {ConfigError} an option is of the wrong type or out of range.
+ * @throws {ConfigError} an option is unknown, of the wrong type or out of range.
  */
 export function buildFallbackConfig(options: FallbackOptions = {}): FallbackConfig {
   v.checkOptions(options);
+  v.checkKnownOptions(options, OPTION_NAMES, "FallbackLLM");
   const hedgeAfter = options.hedgeAfter ?? undefined;
   v.checkType("hedgeAfter", hedgeAfter, "number", "a number");
   v.checkMinimum("hedgeAfter", hedgeAfter, 0);

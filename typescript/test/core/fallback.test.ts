@@ -137,6 +137,16 @@ test.each([
   expect((err as Error).message).toBe(message);
 });
 
+test("an unknown option is refused (Python: TypeError)", () => {
+  // biome-ignore lint/suspicious/noExplicitAny: deliberately wrong option names
+  const err = thrown(() => new FallbackLLM([placeholder()], { hedge_after: 0.3 } as any));
+  expect(err).toBeInstanceOf(ConfigError);
+  expect((err as ConfigError).code).toBe("unknown_option");
+  expect((err as Error).message).toBe(
+    'FallbackLLM got an unknown option "hedge_after"; did you mean "hedgeAfter"?',
+  );
+});
+
 test("null means the default cooldown", () => {
   expect(new FallbackLLM([placeholder()], { cooldown: null }).config.cooldown).toBe(30);
 });

@@ -339,9 +339,8 @@ export class FallbackLLM {
       const winner = await race.winner();
       if (winner === undefined) return;
       this.#coolingUntil[winner.endpoint] = 0;
-      yield race.route(winner);
-      for (const event of winner.held) {
-        if (signal?.aborted) return;
+      for (const event of [race.route(winner), ...winner.held]) {
+        if (signal?.aborted) return; // a barge-in as the race ended: nothing more, not the route
         yield event;
       }
       if (!winner.done && winner.events !== undefined) yield* winner.events;

@@ -334,10 +334,9 @@ class FallbackLLM:
             if winner is None:
                 return
             self._cooling_until[winner.endpoint] = 0.0
-            yield race.route(winner)
-            for event in winner.held:
+            for event in (race.route(winner), *winner.held):
                 if cancel_event is not None and cancel_event.is_set():
-                    return
+                    return  # a barge-in as the race ended: nothing more, not even the route
                 yield event
             if not winner.done:
                 assert winner.events is not None

@@ -18,6 +18,7 @@ import {
   assembleToolCalls,
 } from "./events.js";
 import { resolveSessionKey, sessionContext } from "./session.js";
+import { type Log, envLog } from "./log.js";
 import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import {
@@ -280,6 +281,8 @@ export class BaseLLM {
   static readonly providerKey: string = "";
 
   private readonly llmConfig: LLMConfig;
+  /** Debug logs (BRAINLINE_LOG). */
+  private readonly log: Log = envLog();
   private readonly active = new Set<Exchange>();
   /** In messages: without extraQuery. */
   private readonly url: string;
@@ -346,7 +349,7 @@ export class BaseLLM {
     const [headers, sessionKey] = this.requestHeaders(callId, caller, callee);
     const body = this.requestBody(messages, tools, callId);
     const config = this.llmConfig;
-    const meter = new TurnMeter(this.providerKey, config.model, config.onMetrics);
+    const meter = new TurnMeter(this.providerKey, config.model, config.onMetrics, 0, this.log);
     if (signal?.aborted) {
       meter.finish({ cancelled: true });
       return;
@@ -573,8 +576,15 @@ export class BaseLLM {
         if (exchange.aborted) throw new AbortedError();
         exchange.call = new Call(this.target, "POST", headers, payload, CONNECT_CAP_MS);
         meter.attempts++;
+        if (this.log.debugOn) this.log.debug(`request POST ${this.url} attempt ${meter.attempts}`);
         response = await exchange.call.reply;
         meter.answered(response);
+        if (this.log.debugOn) {
+          this.log.debug(
+            `answer HTTP ${response.status} from ${this.url} attempt ${meter.attempts} ` +
+              `request_id=${meter.requestId ?? "-"}`,
+          );
+        }
       } catch (err) {
         if (exchange.cancelled) return undefined;
         error = this.transportError(err, exchange, this.url);
@@ -583,8 +593,10 @@ export class BaseLLM {
       }
       if (exchange.cancelled) return undefined;
       let wait: number;
+      let code: string;
       if (response === undefined) {
         const failure = error as BrainlineError;
+        code = failure.code;
         if (failure.code !== "connection_error" || retries >= config.maxRetries) throw failure;
         const call = exchange.call;
         if (call === undefined || call.connecting) {
@@ -600,7 +612,9 @@ export class BaseLLM {
         const failure = (await this.statusError(response, exchange, this.url)) as APIStatusError;
         if (exchange.cancelled) return undefined;
         if (exchange.clock !== undefined) throw exchange.clockError(this.url);
+        code = failure.code;
         if (this.adaptDialect(failure)) {
+          this.log.debug(`HTTP ${failure.status} names a field the endpoint rejects: retrying`);
           payload = Buffer.from(this.requestBody(messages, tools, callId));
           exchange.renew();
           continue;
@@ -611,6 +625,7 @@ export class BaseLLM {
       }
       retries += 1;
       budget -= wait;
+      if (this.log.debugOn) this.log.debug(`retry ${retries} in ${wait.toFixed(3)} s (${code})`);
       if (wait > 0) await exchange.sleep(wait * 1000);
       if (exchange.cancelled) return undefined;
       if (exchange.clock !== undefined) throw exchange.clockError(this.url);

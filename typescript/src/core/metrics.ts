@@ -4,6 +4,7 @@
 // the moment never came. A finished turn's record also rides on its finish event as `metrics`.
 
 import { REQUEST_ID_HEADERS } from "../generated/constants.js";
+import { type Log, envLog, outcomeLine } from "./log.js";
 
 /** One turn's metrics record (`onMetrics`, and `metrics` on the finish event). */
 export interface TurnMetrics {
@@ -91,6 +92,7 @@ export class TurnMeter {
     readonly model: string,
     readonly callback: ((metrics: TurnMetrics) => void) | undefined,
     readonly endpoint = 0,
+    private readonly log: Log = envLog(),
   ) {}
 
   /** An attempt's response headers arrived (any status). */
@@ -130,14 +132,13 @@ export class TurnMeter {
       cancelled: end.cancelled ?? false,
     };
     this.record = record;
+    if (this.log.infoOn) this.log.info(outcomeLine(record));
     if (this.callback !== undefined) {
       try {
         this.callback(record);
       } catch (err) {
         // A broken callback never breaks the turn.
-        console.warn(
-          `brainline: onMetrics threw ${(err as Error)?.name ?? typeof err}; the turn goes on`,
-        );
+        this.log.warn(`onMetrics threw ${(err as Error)?.name ?? typeof err}; the turn goes on`);
       }
     }
     return record;

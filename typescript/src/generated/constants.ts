@@ -20,6 +20,8 @@ export const SSE_MAX_EVENT_BYTES = 4194304;
 export const ERROR_BODY_MAX_BYTES = 2048;
 /** Response headers that carry the server's request id, comma-separated, in order of preference: the request_id of the metrics record, APIStatusError and StreamError. */
 export const REQUEST_ID_HEADERS = "x-request-id,request-id,x-litellm-call-id";
+/** Env var naming the log level, debug, info or warning (TypeScript also off): debug logs each request and answer, info each turn's outcome. Never a key, a session key or a caller. */
+export const LOG_ENV = "BRAINLINE_LOG";
 /** Longest memory-scope key accepted (the limit Hermes enforces). */
 export const SESSION_KEY_MAX_LENGTH = 256;
 /** Prefix of the memory-scope key derived with session_key_from="caller_hash". */

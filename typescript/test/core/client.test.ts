@@ -1420,7 +1420,7 @@ describe("turn metrics", () => {
 
   it("logs a callback that throws, and the turn goes on", async () => {
     server.handler = serve([textChunk("Hi"), DONE]);
-    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    const warn = vi.spyOn(console, "error").mockImplementation(() => {});
     try {
       const broken = (): void => {
         throw new RangeError("exporter down");

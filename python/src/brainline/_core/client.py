@@ -33,6 +33,7 @@ from .._generated.options import BODY_FIELDS, LLMConfig
 from .chunks import TurnState
 from .errors import APIStatusError, BrainlineError, StreamError, make_error
 from .events import Event, ToolCallEvent, Turn, Usage, assemble_tool_calls
+from .log import logger, setup_from_env
 from .metrics import TurnMeter, request_id_of
 from .session import SessionContext, hash_caller, resolve_session_key
 from .sse import SSEDecoder
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 else:
     asyncio = _lazy_module("asyncio")
 
-logger = logging.getLogger("brainline")
 
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -335,6 +335,7 @@ class BaseLLM:
     """The provider's key in the catalog; each generated class sets its own."""
 
     def __init__(self, config: LLMConfig) -> None:
+        setup_from_env()
         self._config = config
         self._client: httpx.AsyncClient | None = None
         self._sweeps: set[asyncio.Task[None]] = set()  # _close_stranded runs after a cancel
@@ -656,8 +657,12 @@ class BaseLLM:
         budget = config.retry_budget
         while True:
             request = httpx.Request("POST", self._request_url, headers=headers, content=body)
+            attempt = retries + 1
             if meter is not None:
                 meter.attempts += 1
+                attempt = meter.attempts
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("request POST %s attempt %d", self._url, attempt)
             try:
                 response = await self._send_once(client, request)
             except httpx.TransportError as exc:
@@ -678,6 +683,14 @@ class BaseLLM:
                     raise make_error("connection_error", url=self._url)
                 if meter is not None:
                     meter.answered(response.headers)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "answer HTTP %d from %s attempt %d request_id=%s",
+                        response.status_code,
+                        self._url,
+                        attempt,
+                        request_id_of(response.headers) or "-",
+                    )
                 if 200 <= response.status_code < 300:
                     return response
                 try:

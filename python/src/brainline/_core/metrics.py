@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict
 
 from .._generated.constants import REQUEST_ID_HEADERS
+from .log import logger, outcome_line
 
 __all__ = ["METRICS_KEYS", "TurnMeter", "TurnMetrics", "request_id_of"]
-
-logger = logging.getLogger("brainline")
 
 
 class TurnMetrics(TypedDict):
@@ -145,6 +144,8 @@ class TurnMeter:
             "cancelled": cancelled,
         }
         self.record = record
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(outcome_line(record))
         if self.callback is not None:
             try:
                 self.callback(record)

@@ -25,6 +25,8 @@ ERROR_BODY_MAX_BYTES: Final = 2048
 """An APIStatusError keeps at most this many bytes of the response body."""
 REQUEST_ID_HEADERS: Final = "x-request-id,request-id,x-litellm-call-id"
 """Response headers that carry the server's request id, comma-separated, in order of preference: the request_id of the metrics record, APIStatusError and StreamError."""
+LOG_ENV: Final = "BRAINLINE_LOG"
+"""Env var naming the log level, debug, info or warning (TypeScript also off): debug logs each request and answer, info each turn's outcome. Never a key, a session key or a caller."""
 SESSION_KEY_MAX_LENGTH: Final = 256
 """Longest memory-scope key accepted (the limit Hermes enforces)."""
 CALLER_HASH_PREFIX: Final = "patter-caller-"

@@ -34,6 +34,7 @@ NODE_DIR = HERE / "node"
 sys.path.insert(0, str(HERE))
 
 import py_bench  # noqa: E402
+import tail  # noqa: E402
 
 # Python wants <= 1.0x raw httpx on throughput with the standard json (the target).
 TARGETS: dict[str, dict[str, float]] = {
@@ -416,6 +417,11 @@ def report(
     add("| import + one client | " + " | ".join(cells) + " |")
     add("")
 
+    if "tail" in results:
+        section, tail_verdicts = tail.report(results["tail"])
+        lines += section
+        verdicts += tail_verdicts
+
     # Capacity
     add("## Capacity: concurrent calls one core can stream at 50 tokens/s each")
     add("")
@@ -486,6 +492,7 @@ def main() -> None:
         turns, chunks = (100, 50) if args.quick else (500, 200)
         results["concurrent"] = concurrent(port, args.conc_rounds, turns, chunks)
         results["cold"] = cold_start(args.cold_rounds)
+        results["tail"] = tail.run(40 if args.quick else 200, log)
     finally:
         server.stdin.close()
         server.wait(10)

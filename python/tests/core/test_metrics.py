@@ -101,3 +101,77 @@ def test_request_id_headers_in_order() -> None:
     assert request_id_of({"x-litellm-call-id": "c"}) == "c"
     assert request_id_of({"x-request-id": ""}) is None
     assert request_id_of({}) is None
+
+
+# -- FallbackLLM -------------------------------------------------------------------------------
+
+
+def _closed_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_fallback_turn_has_one_record_naming_the_winner() -> None:
+    from brainline import CustomLLM, FallbackLLM
+
+    turn: list[TurnMetrics] = []
+    own: list[TurnMetrics] = []
+    async with MockServer({"text": ["Hi"], "headers": {"x-request-id": "r-b"}}) as url:
+        primary = CustomLLM(base_url=_closed_url(), model="a", max_retries=0)
+        backup = CustomLLM(base_url=url, model="b", on_metrics=own.append)
+        llm = FallbackLLM([primary, backup], on_metrics=turn.append)
+        events = [event async for event in llm.stream(MESSAGES)]
+        await llm.aclose()
+    assert len(turn) == 1 and events[-1]["metrics"] is turn[0]  # type: ignore[typeddict-item]
+    record = turn[0]
+    assert (record["provider"], record["model"], record["endpoint"]) == ("custom", "b", 1)
+    assert record["attempts"] == 2  # the refused primary, then the backup
+    assert record["request_id"] == "r-b" and record["finish_reason"] == "stop"
+    assert record["error_code"] is None and record["cancelled"] is False
+    # The backup's own callback still gets its own record, times from its own start.
+    assert len(own) == 1 and own[0]["endpoint"] == 0 and own[0]["attempts"] == 1
+    assert own[0]["first_text_ms"] is not None and record["first_text_ms"] is not None
+    assert own[0]["first_text_ms"] <= record["first_text_ms"]
+
+
+async def test_a_hedged_fallback_turn_counts_both_attempts() -> None:
+    from brainline import CustomLLM, FallbackLLM
+
+    turn: list[TurnMetrics] = []
+    server = MockServer({"routes": {"/a/": {"text": ["slow"], "stall": 0}, "/b/": {"text": ["B"]}}})
+    url = await server.start()
+    try:
+        base = url.removesuffix("/v1")
+        primary = CustomLLM(base_url=f"{base}/a/v1", model="a")
+        backup = CustomLLM(base_url=f"{base}/b/v1", model="b")
+        llm = FallbackLLM([primary, backup], hedge_after=0.1, on_metrics=turn.append)
+        texts = [e["content"] async for e in llm.stream(MESSAGES) if e["type"] == "text"]
+        await llm.aclose()
+    finally:
+        await server.stop()
+    assert texts == ["B"]
+    assert len(turn) == 1
+    assert turn[0]["endpoint"] == 1 and turn[0]["attempts"] == 2
+    assert turn[0]["first_text_ms"] is not None and turn[0]["first_text_ms"] >= 100
+
+
+async def test_an_all_failed_fallback_turn_has_one_failed_record() -> None:
+    from brainline import AllEndpointsFailedError, CustomLLM, FallbackLLM
+
+    turn: list[TurnMetrics] = []
+    async with MockServer({"status": 500, "json": {"error": {"message": "down"}}}) as url:
+        llms = [CustomLLM(base_url=url, model=m, max_retries=0) for m in ("a", "b")]
+        llm = FallbackLLM(llms, on_metrics=turn.append)
+        with pytest.raises(AllEndpointsFailedError):
+            async for _ in llm.stream(MESSAGES):
+                pass
+        await llm.aclose()
+    assert len(turn) == 1
+    record = turn[0]
+    assert record["error_code"] == "all_endpoints_failed" and record["cancelled"] is False
+    assert record["endpoint"] == 1 and record["attempts"] == 2
+    assert record["finish_reason"] is None

@@ -47,10 +47,13 @@ export interface StreamOptions {
  * at once, so that the FallbackLLM starts its next endpoint instead.
  */
 export const FAILOVER: unique symbol = Symbol("brainline.failover");
+/** FallbackLLM's private per-turn hook: also handed the turn's metrics record. */
+export const METRICS_SINK: unique symbol = Symbol("brainline.metricsSink");
 
 /** StreamOptions with FallbackLLM's private switch. */
 export interface InternalStreamOptions extends StreamOptions {
   readonly [FAILOVER]?: boolean | undefined;
+  readonly [METRICS_SINK]?: ((metrics: TurnMetrics) => void) | undefined;
 }
 
 /** The longest delay setTimeout accepts; longer ones would fire at once. */
@@ -349,7 +352,14 @@ export class BaseLLM {
     const [headers, sessionKey] = this.requestHeaders(callId, caller, callee);
     const body = this.requestBody(messages, tools, callId);
     const config = this.llmConfig;
-    const meter = new TurnMeter(this.providerKey, config.model, config.onMetrics, 0, this.log);
+    const sink = (options as InternalStreamOptions | null)?.[METRICS_SINK];
+    const meter = new TurnMeter(
+      this.providerKey,
+      config.model,
+      sink === undefined ? config.onMetrics : both(sink, config.onMetrics),
+      0,
+      this.log,
+    );
     if (signal?.aborted) {
       meter.finish({ cancelled: true });
       return;
@@ -913,6 +923,19 @@ function setHeader(headers: [string, string][], name: string, value: string): vo
 function isJsonContentType(contentType: string | null): boolean {
   const type = (contentType ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
   return type === "application/json" || type.endsWith("+json");
+}
+
+/** A FallbackLLM's sink, then the endpoint's own onMetrics (a throw of the latter is logged). */
+function both(
+  sink: (metrics: TurnMetrics) => void,
+  own: ((metrics: TurnMetrics) => void) | undefined,
+): (metrics: TurnMetrics) => void {
+  return own === undefined
+    ? sink
+    : (metrics) => {
+        sink(metrics);
+        own(metrics);
+      };
 }
 
 /** The finish event gets the turn's metrics record (delivered to onMetrics now). */

@@ -14,6 +14,7 @@ import {
   BaseLLM,
   FAILOVER,
   type InternalStreamOptions,
+  METRICS_SINK,
   type StreamOptions,
   checkCallArguments,
 } from "./client.js";
@@ -34,6 +35,8 @@ import {
   type Usage,
   assembleToolCalls,
 } from "./events.js";
+import { envLog } from "./log.js";
+import type { TurnMetrics } from "./metrics.js";
 
 /** FallbackLLM's private hook for a failed attempt (core only). */
 const FAILED: unique symbol = Symbol("brainline.fallback.failed");
@@ -50,6 +53,9 @@ function coolsDown(error: BrainlineError): boolean {
 /** One endpoint's try at the turn: its stream, its AbortController, what it yielded so far. */
 class Attempt {
   readonly controller = new AbortController();
+  readonly started = performance.now();
+  /** The endpoint's own record, once its stream ended. */
+  record: TurnMetrics | undefined = undefined;
   /** Events up to and including the first progress event. */
   readonly held: Event[] = [];
   /** The stream ended (a clean end, or quietly when aborted). */
@@ -75,6 +81,7 @@ type Message =
 
 /** The attempts of one turn, until one wins, and their clean-up. */
 class Race {
+  readonly started = performance.now();
   private next = 0;
   readonly attempts: Attempt[] = [];
   private readonly failures: [Attempt, BrainlineError][] = [];
@@ -127,6 +134,9 @@ class Race {
       caller,
       callee,
       [FAILOVER]: position < this.order.length - 1,
+      [METRICS_SINK]: (record) => {
+        attempt.record = record;
+      },
     };
     attempt.events = (this.llms[attempt.endpoint] as BaseLLM).stream(
       this.messages,
@@ -232,6 +242,43 @@ class Race {
     };
   }
 
+  /**
+   * The turn's record: the deciding attempt's own, its times from the start of the race,
+   * `endpoint` its index and `attempts` the requests of every attempt (one for an attempt whose
+   * record has not come: it was cancelled as it started).
+   */
+  metrics(
+    decider: Attempt | undefined,
+    end: { finished?: boolean; errorCode?: string | null } = {},
+  ): TurnMetrics {
+    const own = decider?.record;
+    const offset = decider === undefined ? 0 : decider.started - this.started;
+    const shifted = (value: number | null | undefined): number | null =>
+      value === null || value === undefined ? null : Math.round((value + offset) * 1000) / 1000;
+    const endpoint = decider?.endpoint ?? 0;
+    const llm = this.llms[endpoint] as BaseLLM;
+    const finished = end.finished === true;
+    const errorCode = end.errorCode ?? null;
+    return {
+      provider: llm.providerKey,
+      model: llm.config.model,
+      endpoint,
+      request_id: own?.request_id ?? null,
+      attempts: this.attempts.reduce((sum, a) => sum + (a.record?.attempts ?? 1), 0),
+      headers_ms: shifted(own?.headers_ms),
+      first_progress_ms: shifted(own?.first_progress_ms),
+      first_text_ms: shifted(own?.first_text_ms),
+      duration_ms: Math.round((performance.now() - this.started) * 1000) / 1000,
+      chunks: own?.chunks ?? 0,
+      input_tokens: own?.input_tokens ?? null,
+      output_tokens: own?.output_tokens ?? null,
+      cache_read_tokens: own?.cache_read_tokens ?? null,
+      finish_reason: finished ? (own?.finish_reason ?? null) : null,
+      error_code: errorCode,
+      cancelled: !finished && errorCode === null,
+    };
+  }
+
   private stopHedgeTimer(): void {
     if (this.hedgeTimer !== undefined) clearTimeout(this.hedgeTimer);
     this.hedgeTimer = undefined;
@@ -333,19 +380,68 @@ export class FallbackLLM {
     const opts = options ?? {};
     const { signal, callId, caller, callee } = opts;
     checkCallArguments(messages, tools, callId, caller, callee);
-    if (signal?.aborted) return;
+    if (signal?.aborted) {
+      // No attempt, no listener: a record of a turn cancelled before it started.
+      this.deliver(new Race(this, this.#llms, [], messages, tools, {}).metrics(undefined));
+      return;
+    }
     const race = new Race(this, this.#llms, this.order(), messages, tools, opts);
+    let winner: Attempt | undefined;
+    let record: TurnMetrics | undefined;
+    let errorCode: string | null = null;
     try {
-      const winner = await race.winner();
+      winner = await race.winner();
       if (winner === undefined) return;
       this.#coolingUntil[winner.endpoint] = 0;
       for (const event of [race.route(winner), ...winner.held]) {
         if (signal?.aborted) return; // a barge-in as the race ended: nothing more, not the route
-        yield event;
+        if (event.type === "finish") {
+          record = this.finished(race, winner);
+          yield { ...event, metrics: record };
+        } else {
+          yield event;
+        }
       }
-      if (!winner.done && winner.events !== undefined) yield* winner.events;
+      if (!winner.done && winner.events !== undefined) {
+        for await (const event of winner.events) {
+          if (event.type === "finish") {
+            record = this.finished(race, winner);
+            yield { ...event, metrics: record };
+          } else {
+            yield event;
+          }
+        }
+      }
+    } catch (err) {
+      errorCode =
+        err instanceof BrainlineError ? err.code : err instanceof Error ? err.name : typeof err;
+      throw err;
     } finally {
       await race.close();
+      if (record === undefined) {
+        // Failed or cancelled: a finished turn delivered its record.
+        const decider =
+          winner ?? (errorCode !== null ? race.attempts.at(-1) : undefined) ?? race.attempts[0];
+        this.deliver(race.metrics(decider, { errorCode }));
+      }
+    }
+  }
+
+  /** The turn's record for the winner's finish event (delivered now). */
+  private finished(race: Race, winner: Attempt): TurnMetrics {
+    const record = race.metrics(winner, { finished: true });
+    this.deliver(record);
+    return record;
+  }
+
+  private deliver(record: TurnMetrics): void {
+    const callback = this.#config.onMetrics;
+    if (callback === undefined) return;
+    try {
+      callback(record);
+    } catch (err) {
+      // A broken callback never breaks the turn.
+      envLog().warn(`onMetrics threw ${(err as Error)?.name ?? typeof err}; the turn goes on`);
     }
   }
 

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, SupportsIndex, TypeVar, cast
 from urllib.parse import quote
@@ -34,7 +34,7 @@ from .chunks import TurnState
 from .errors import APIStatusError, BrainlineError, StreamError, make_error
 from .events import Event, ToolCallEvent, Turn, Usage, assemble_tool_calls
 from .log import logger, setup_from_env
-from .metrics import TurnMeter, request_id_of
+from .metrics import TurnMeter, TurnMetrics, request_id_of
 from .session import SessionContext, hash_caller, resolve_session_key
 from .sse import SSEDecoder
 
@@ -397,6 +397,7 @@ class BaseLLM:
         caller: str | None = None,
         callee: str | None = None,
         _failover: bool = False,
+        _metrics_sink: Callable[[TurnMetrics], object] | None = None,
     ) -> AsyncIterator[Event]:
         """Stream one turn: reasoning, text and tool-call events as they arrive, then one usage
         event (when the server sent usage) and a finish event.
@@ -410,7 +411,11 @@ class BaseLLM:
         headers, session_key = self._request_headers(call_id, caller, callee)
         body = self._request_body(messages, tools, call_id)
         config = self._config
-        meter = TurnMeter(self.provider_key, config.model, config.on_metrics)
+        meter = TurnMeter(
+            self.provider_key,
+            config.model,
+            config.on_metrics if _metrics_sink is None else _both(_metrics_sink, config.on_metrics),
+        )
         if cancel_event is not None and cancel_event.is_set():
             meter.finish(cancelled=True)
             return
@@ -964,6 +969,20 @@ def _check_call_arguments(
             raise make_error(code, option=option, expected="a string", value=value)
     if call_id and _HEADER_UNSAFE.search(cast(str, call_id)):
         raise make_error("invalid_header_value", option="call_id")
+
+
+def _both(
+    sink: Callable[[TurnMetrics], object], own: Callable[[TurnMetrics], object] | None
+) -> Callable[[TurnMetrics], object]:
+    """A FallbackLLM's sink, then the endpoint's own on_metrics (whose raise is logged)."""
+    if own is None:
+        return sink
+
+    def deliver(record: TurnMetrics) -> None:
+        sink(record)
+        own(record)
+
+    return deliver
 
 
 def _error_code(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ answer streams with no task in between. docs/runtime.md ("FallbackLLM") is the c
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -33,6 +33,8 @@ from .events import (
     Usage,
     assemble_tool_calls,
 )
+from .log import logger
+from .metrics import TurnMetrics
 
 if TYPE_CHECKING:
     import asyncio
@@ -63,12 +65,16 @@ class _Attempt:
         "events",
         "held",
         "reason",
+        "record",
         "reported",
+        "started",
         "stop",
         "task",
     )
 
     def __init__(self, endpoint: int, reason: RouteReason) -> None:
+        self.started = time.monotonic()
+        self.record: TurnMetrics | None = None  # the endpoint's own, once its stream ended
         self.endpoint = endpoint
         self.reason: RouteReason = reason
         self.stop = asyncio.Event()
@@ -95,6 +101,7 @@ class _Race:
         cancel_event: asyncio.Event | None,
     ) -> None:
         self.owner = owner
+        self.started = time.monotonic()
         self.order = order  # endpoints not cooling down, in the given order
         self.call = call
         self.cancel_event = cancel_event
@@ -126,6 +133,7 @@ class _Race:
             **self.call,
             cancel_event=attempt.stop,
             _failover=position < len(self.order) - 1,
+            _metrics_sink=lambda record: setattr(attempt, "record", record),
         )
         attempt.events = cast("AsyncGenerator[Event, None]", stream)
         attempt.task = asyncio.ensure_future(self._run(attempt))
@@ -219,6 +227,44 @@ class _Race:
             "failed": failed,
         }
 
+    def metrics(
+        self,
+        decider: _Attempt | None,
+        *,
+        finished: bool = False,
+        error_code: str | None = None,
+    ) -> TurnMetrics:
+        """The turn's record: the deciding attempt's own, its times from the start of the race,
+        `endpoint` its index and `attempts` the requests of every attempt (one for an attempt
+        whose record has not come: it was cancelled as it started)."""
+        own = decider.record if decider is not None else None
+        offset = (decider.started - self.started) * 1000 if decider is not None else 0.0
+
+        def shifted(key: str) -> float | None:
+            value = own[key] if own is not None else None  # type: ignore[literal-required]
+            return None if value is None else round(value + offset, 3)
+
+        endpoint = decider.endpoint if decider is not None else 0
+        llm = self.owner._llms[endpoint]
+        return {
+            "provider": llm.provider_key,
+            "model": llm.config.model,
+            "endpoint": endpoint,
+            "request_id": own["request_id"] if own is not None else None,
+            "attempts": sum(1 if a.record is None else a.record["attempts"] for a in self.attempts),
+            "headers_ms": shifted("headers_ms"),
+            "first_progress_ms": shifted("first_progress_ms"),
+            "first_text_ms": shifted("first_text_ms"),
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
+            "chunks": own["chunks"] if own is not None else 0,
+            "input_tokens": own["input_tokens"] if own is not None else None,
+            "output_tokens": own["output_tokens"] if own is not None else None,
+            "cache_read_tokens": own["cache_read_tokens"] if own is not None else None,
+            "finish_reason": own["finish_reason"] if own is not None and finished else None,
+            "error_code": error_code,
+            "cancelled": not finished and error_code is None,
+        }
+
     async def close(self) -> None:
         """Cancel every attempt still open, wait for their tasks, close their streams."""
         if self.hedge_timer is not None:
@@ -261,6 +307,7 @@ class FallbackLLM:
         *,
         hedge_after: float | None = _DEFAULTS.hedge_after,
         cooldown: float = _DEFAULTS.cooldown,
+        on_metrics: Callable[[TurnMetrics], object] | None = None,
     ) -> None:
         if (
             not isinstance(llms, (list, tuple))
@@ -268,7 +315,9 @@ class FallbackLLM:
             or not all(isinstance(llm, BaseLLM) for llm in llms)
         ):
             raise make_error("invalid_llms")
-        self._config = build_fallback_config(hedge_after=hedge_after, cooldown=cooldown)
+        self._config = build_fallback_config(
+            hedge_after=hedge_after, cooldown=cooldown, on_metrics=on_metrics
+        )
         self._llms: tuple[BaseLLM, ...] = tuple(llms)
         self._cooling_until = [0.0] * len(self._llms)  # time.monotonic() deadlines
 
@@ -319,8 +368,6 @@ class FallbackLLM:
         winner's own error when it fails later.
         """
         _check_call_arguments(messages, tools, call_id, caller, callee)
-        if cancel_event is not None and cancel_event.is_set():
-            return
         call = {
             "messages": messages,
             "tools": tools,
@@ -328,7 +375,13 @@ class FallbackLLM:
             "caller": caller,
             "callee": callee,
         }
+        if cancel_event is not None and cancel_event.is_set():
+            self._deliver(_Race(self, [], call, None).metrics(None))  # no attempt, no task
+            return
         race = _Race(self, self._order(), call, cancel_event)
+        winner: _Attempt | None = None
+        record: TurnMetrics | None = None
+        error_code: str | None = None
         try:
             winner = await race.winner()
             if winner is None:
@@ -337,13 +390,43 @@ class FallbackLLM:
             for event in (race.route(winner), *winner.held):
                 if cancel_event is not None and cancel_event.is_set():
                     return  # a barge-in as the race ended: nothing more, not even the route
+                if event["type"] == "finish":
+                    event, record = self._finished(race, winner, event)
                 yield event
             if not winner.done:
                 assert winner.events is not None
                 async for event in winner.events:
+                    if event["type"] == "finish":
+                        event, record = self._finished(race, winner, event)
                     yield event
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            error_code = code if isinstance(code, str) else type(exc).__name__
+            raise
         finally:
             await race.close()
+            if record is None:  # failed or cancelled: a finished turn delivered its record
+                decider = (
+                    winner
+                    or (race.attempts[-1] if error_code else None)
+                    or (race.attempts[0] if race.attempts else None)
+                )
+                self._deliver(race.metrics(decider, error_code=error_code))
+
+    def _finished(self, race: _Race, winner: _Attempt, event: Event) -> tuple[Event, TurnMetrics]:
+        """The finish event with the turn's record in place of the endpoint's (delivered now)."""
+        record = race.metrics(winner, finished=True)
+        self._deliver(record)
+        return cast(Event, {**event, "metrics": record}), record
+
+    def _deliver(self, record: TurnMetrics) -> None:
+        callback = self._config.on_metrics
+        if callback is None:
+            return
+        try:
+            callback(record)
+        except Exception as exc:  # a broken callback never breaks the turn
+            logger.warning("on_metrics raised %s; the turn goes on", type(exc).__name__)
 
     async def complete(
         self,

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._core import validate as v
+from .._core.metrics import TurnMetrics
 
 
 @dataclass(frozen=True)
@@ -16,12 +18,15 @@ class FallbackConfig:
     """Seconds without progress (a complete chunk with text, a tool call or reasoning; keep-alives and progress events do not count) after which the next endpoint starts in parallel; the first to make progress wins and the other is closed. At most one hedge per turn; 0 starts both at once. Unset: no hedging, only failover."""
     cooldown: float = 30
     """Seconds an endpoint is skipped after an attempt failed with a connection error, a timeout, HTTP 429 or 5xx (monotonic clock); when every endpoint is cooling down, all are tried in order. 0: never skipped."""
+    on_metrics: Callable[[TurnMetrics], object] | None = None
+    """Called once at the end of every FallbackLLM turn with its metrics record: the record of the endpoint that decided the turn (the winner; when all failed, the last to fail), its times from the start of the FallbackLLM turn, `endpoint` its index, `attempts` the requests of every attempt (retries, failovers and hedges). The finish event carries the same record."""
 
 
 def build_fallback_config(
     *,
     hedge_after: float | None = None,
     cooldown: float | None = 30,
+    on_metrics: Callable[[TurnMetrics], object] | None = None,
 ) -> FallbackConfig:
     """Check FallbackLLM's options against the spec's rules; an explicit None means the default.
 
@@ -33,4 +38,5 @@ def build_fallback_config(
     cooldown = v.or_default(cooldown, 30)
     v.check_type("cooldown", cooldown, "number", "a number")
     v.check_minimum("cooldown", cooldown, 0)
-    return FallbackConfig(hedge_after=hedge_after, cooldown=cooldown)
+    v.check_type("on_metrics", on_metrics, "metrics_callback", "a function")
+    return FallbackConfig(hedge_after=hedge_after, cooldown=cooldown, on_metrics=on_metrics)

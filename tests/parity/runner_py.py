@@ -316,8 +316,10 @@ def error_info(exc: BaseException) -> dict[str, Any]:
         info["status"] = exc.status
         info["retry_after"] = exc.retry_after
         info["body"] = exc.body
+        info["request_id"] = exc.request_id
     if isinstance(exc, brainline.StreamError):
         info["partial_text"] = exc.partial_text
+        info["request_id"] = exc.request_id
     if isinstance(exc, brainline.AllEndpointsFailedError):
         info["errors"] = [error.code for error in exc.errors]
     return info
@@ -395,11 +397,16 @@ class _Records:
 
 
 async def _run_call(
-    llm: Any, call: Mapping[str, Any], records: _Records, closes: bool = False
+    llm: Any,
+    call: Mapping[str, Any],
+    records: _Records,
+    closes: bool = False,
+    sink: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if "sleep_ms" in call:
         await asyncio.sleep(call["sleep_ms"] / 1000)
     seen = len(await records.fetch())
+    delivered = 0 if sink is None else len(sink)
     method = call.get("method", "stream")
     messages = call["messages"]
     tools = call.get("tools")
@@ -448,6 +455,8 @@ async def _run_call(
     result["server_saw_close"] = await records.saw_close(seen)
     if closes:
         result["closed"] = await records.closes(seen)
+    if sink is not None:
+        result["metrics"] = [dict(record) for record in sink[delivered:]]
     return result
 
 
@@ -457,6 +466,7 @@ async def run_case_raw(case: Mapping[str, Any], harness: Harness) -> dict[str, A
 
     prefix = route_prefix("py", case["id"])
     raw: dict[str, Any] = {"construct_error": None, "turns": []}
+    sink: list[dict[str, Any]] | None = [] if case.get("collect_metrics") else None
     async with httpx.AsyncClient(timeout=10) as control:
         records = _Records(control, harness.origin, prefix)
         endpoints = case.get("fallback")
@@ -464,7 +474,10 @@ async def run_case_raw(case: Mapping[str, Any], harness: Harness) -> dict[str, A
         try:
             with case_env(case, harness):
                 if endpoints is None:
-                    llm = cls(**build_options(case, harness, "py"))
+                    options = build_options(case, harness, "py")
+                    if sink is not None:
+                        options["on_metrics"] = sink.append
+                    llm = cls(**options)
                 else:  # a FallbackLLM over endpoints, each on its own route
                     llms = [
                         getattr(brainline, PROVIDER_CLASSES[e["provider"]])(
@@ -485,7 +498,9 @@ async def run_case_raw(case: Mapping[str, Any], harness: Harness) -> dict[str, A
                 }
             calls = case.get("calls") or ([case["call"]] if "call" in case else [])
             for call in calls:
-                raw["turns"].append(await _run_call(llm, call, records, endpoints is not None))
+                raw["turns"].append(
+                    await _run_call(llm, call, records, endpoints is not None, sink)
+                )
             if case.get("count_open_connections"):
                 raw["open_connections"] = await records.open_connections()
         finally:

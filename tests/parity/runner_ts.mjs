@@ -158,8 +158,12 @@ function errorInfo(mod, err) {
     info.status = err.status;
     info.retry_after = err.retryAfter ?? null;
     info.body = err.body;
+    info.request_id = err.requestId;
   }
-  if (mod.StreamError && err instanceof mod.StreamError) info.partial_text = err.partialText;
+  if (mod.StreamError && err instanceof mod.StreamError) {
+    info.partial_text = err.partialText;
+    info.request_id = err.requestId;
+  }
   if (mod.AllEndpointsFailedError && err instanceof mod.AllEndpointsFailedError) {
     info.errors = err.errors.map((e) => e.code);
   }
@@ -191,9 +195,10 @@ function turnInfo(turn) {
 
 const jsonClone = (value) => JSON.parse(JSON.stringify(value));
 
-async function runCall(mod, llm, call, records, closes = false) {
+async function runCall(mod, llm, call, records, closes = false, sink = undefined) {
   if ("sleep_ms" in call) await sleep(call.sleep_ms);
   const seen = (await records.fetch()).length;
+  const delivered = sink === undefined ? 0 : sink.length;
   const method = call.method ?? "stream";
   const opts = {};
   for (const name of ["call_id", "caller", "callee"]) {
@@ -244,12 +249,14 @@ async function runCall(mod, llm, call, records, closes = false) {
   }
   result.server_saw_close = await records.sawClose(seen);
   if (closes) result.closed = await records.closes(seen);
+  if (sink !== undefined) result.metrics = jsonClone(sink.slice(delivered));
   return result;
 }
 
 async function runCaseRaw(mod, testCase, payload) {
   const records = new Records(payload.origin, `/ts/${testCase.id}`);
   const raw = { construct_error: null, turns: [] };
+  const sink = testCase.collect_metrics ? [] : undefined;
   const endpoints = testCase.fallback;
   const className = PROVIDER_CLASSES[testCase.provider] ?? "FallbackLLM";
   const Cls = mod[className];
@@ -258,6 +265,7 @@ async function runCaseRaw(mod, testCase, payload) {
     if (typeof Cls !== "function") throw new TypeError(`the package exports no ${className}`);
     if (endpoints === undefined) {
       const options = buildOptions(testCase, payload);
+      if (sink !== undefined) options.onMetrics = (record) => sink.push(record);
       llm = withEnv(testCase, payload, () => new Cls(options));
     } else {
       // A FallbackLLM over endpoints, each on its own route.
@@ -286,7 +294,7 @@ async function runCaseRaw(mod, testCase, payload) {
     }
     const calls = testCase.calls ?? (testCase.call ? [testCase.call] : []);
     for (const call of calls) {
-      raw.turns.push(await runCall(mod, llm, call, records, endpoints !== undefined));
+      raw.turns.push(await runCall(mod, llm, call, records, endpoints !== undefined, sink));
     }
     if (testCase.count_open_connections) raw.open_connections = await records.openConnections();
   } finally {

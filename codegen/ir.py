@@ -92,6 +92,7 @@ class Provider:
     arguments: tuple[Option, ...]  # constructor arguments: positional ones first
     positional: tuple[str, ...]
     derived: tuple[Derived, ...]
+    genai_provider_name: str = ""  # OpenTelemetry gen_ai.provider.name: inherited, else the key
 
     def argument(self, name: str) -> Option:
         return next(o for o in self.arguments if o.name == name)
@@ -306,6 +307,7 @@ def _providers(
         positional: list[str] = []
         required: set[str] = set()
         derived: dict[str, Derived] = {}
+        genai_name = p.provider_key
         # apply ancestors first, the file itself last
         for link in reversed(chain):
             lpath, lp = raw.providers[link]
@@ -327,6 +329,8 @@ def _providers(
                 if ov.env is not None:
                     changes["env"] = res.value(ov.env, f"{where}: overrides.{name}.env")
                 options[name] = _replace(options[name], **changes)
+            if lp.genai_provider_name is not None:
+                genai_name = lp.genai_provider_name
             if lp.positional is not None:
                 positional = list(lp.positional)
             if lp.required is not None:
@@ -362,6 +366,7 @@ def _providers(
                 arguments=tuple(args),
                 positional=tuple(positional),
                 derived=tuple(derived.values()),
+                genai_provider_name=genai_name,
             )
         )
     return tuple(sorted(out, key=lambda p: p.module))

@@ -220,6 +220,10 @@ class ProviderFile(BaseModel):
     class_name: constr(pattern=r"^[A-Z][A-Za-z0-9]*LLM$")
     module: constr(pattern=r"^[a-z][a-z0-9_]*$")
     doc: constr(min_length=1)
+    genai_provider_name: constr(pattern=r"^[a-z][a-z0-9_.]*$") | None = None
+    """
+    The OpenTelemetry GenAI gen_ai.provider.name of its spans and metrics (the convention's well-known value where one exists); inherited by presets; unset: the provider key.
+    """
     positional: list[str] | None = None
     required: list[str] | None = None
     overrides: dict[str, Override] | None = None

@@ -7,7 +7,8 @@ with the candidates interleaved, prints the table and writes docs/BENCHMARKS.md.
     python tests/bench/run.py [--rounds N] [--quick] [--out PATH]
 
 Needs: brainline importable, the comparison packages (openai, optionally getpatter and litellm)
-installed, typescript/dist built and tests/bench/node/node_modules installed (`npm ci`).
+installed, typescript/dist built and tests/bench/node/node_modules installed (`npm ci`); the
+telemetry figures need the OpenTelemetry SDK (the test dependency group, typescript's devDependencies).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import py_bench  # noqa: E402
 import tail  # noqa: E402
+import telemetry as bench_telemetry  # noqa: E402
 
 # Python wants <= 1.0x raw httpx on throughput with the standard json (the issue's target).
 TARGETS: dict[str, dict[str, float]] = {
@@ -422,6 +424,9 @@ def report(
         lines += section
         verdicts += tail_verdicts
 
+    if "telemetry" in results:
+        lines += bench_telemetry.report(results["telemetry"])[0]
+
     # Capacity
     add("## Capacity: concurrent calls one core can stream at 50 tokens/s each")
     add("")
@@ -493,6 +498,7 @@ def main() -> None:
         results["concurrent"] = concurrent(port, args.conc_rounds, turns, chunks)
         results["cold"] = cold_start(args.cold_rounds)
         results["tail"] = tail.run(40 if args.quick else 200, log)
+        results["telemetry"] = bench_telemetry.run(root, args.rounds, args.quick, log)
     finally:
         server.stdin.close()
         server.wait(10)

@@ -62,6 +62,7 @@ def _construct(cls: type[Any], args: dict[str, Any]) -> Any:
 
 def test_cerebras__provider_key() -> None:
     assert brainline.CerebrasLLM.provider_key == "cerebras"
+    assert brainline.CerebrasLLM.genai_provider_name == "cerebras"
     assert cerebras.LLM is brainline.CerebrasLLM
 
 
@@ -183,6 +184,16 @@ def test_cerebras__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
 def test_cerebras__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.CerebrasLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_cerebras__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.CerebrasLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_cerebras__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.CerebrasLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_cerebras__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -788,6 +799,20 @@ def test_cerebras__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_cerebras__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_cerebras__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.CerebrasLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_cerebras__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.CerebrasLLM, {"model": "test-model", "temperature": "fast"})
@@ -1024,6 +1049,7 @@ def test_cerebras__unknown_option__checked_first() -> None:
 
 def test_custom__provider_key() -> None:
     assert brainline.CustomLLM.provider_key == "custom"
+    assert brainline.CustomLLM.genai_provider_name == "custom"
     assert custom.LLM is brainline.CustomLLM
 
 
@@ -1186,6 +1212,20 @@ def test_custom__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
         brainline.CustomLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
     )
     assert llm.config.on_metrics is None
+
+
+def test_custom__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(
+        brainline.CustomLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+    )
+    assert llm.config.telemetry is None
+
+
+def test_custom__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(
+        brainline.CustomLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+    )
+    assert llm.config.capture_message_content is None
 
 
 def test_custom__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -2081,6 +2121,30 @@ def test_custom__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_custom__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "telemetry": "yes"},
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_custom__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.CustomLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "capture_message_content": "yes",
+            },
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_custom__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(
@@ -2451,6 +2515,7 @@ def test_custom__unknown_option__checked_first() -> None:
 
 def test_deepseek__provider_key() -> None:
     assert brainline.DeepSeekLLM.provider_key == "deepseek"
+    assert brainline.DeepSeekLLM.genai_provider_name == "deepseek"
     assert deepseek.LLM is brainline.DeepSeekLLM
 
 
@@ -2572,6 +2637,16 @@ def test_deepseek__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
 def test_deepseek__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.DeepSeekLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_deepseek__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.DeepSeekLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_deepseek__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.DeepSeekLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_deepseek__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -3177,6 +3252,20 @@ def test_deepseek__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_deepseek__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_deepseek__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.DeepSeekLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_deepseek__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.DeepSeekLLM, {"model": "test-model", "temperature": "fast"})
@@ -3413,6 +3502,7 @@ def test_deepseek__unknown_option__checked_first() -> None:
 
 def test_fireworks__provider_key() -> None:
     assert brainline.FireworksLLM.provider_key == "fireworks"
+    assert brainline.FireworksLLM.genai_provider_name == "fireworks"
     assert fireworks.LLM is brainline.FireworksLLM
 
 
@@ -3534,6 +3624,16 @@ def test_fireworks__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -
 def test_fireworks__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.FireworksLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_fireworks__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.FireworksLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_fireworks__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.FireworksLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_fireworks__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -4147,6 +4247,22 @@ def test_fireworks__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_fireworks__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.FireworksLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_fireworks__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.FireworksLLM, {"model": "test-model", "capture_message_content": "yes"}
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_fireworks__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.FireworksLLM, {"model": "test-model", "temperature": "fast"})
@@ -4387,6 +4503,7 @@ def test_fireworks__unknown_option__checked_first() -> None:
 
 def test_groq__provider_key() -> None:
     assert brainline.GroqLLM.provider_key == "groq"
+    assert brainline.GroqLLM.genai_provider_name == "groq"
     assert groq.LLM is brainline.GroqLLM
 
 
@@ -4508,6 +4625,16 @@ def test_groq__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_groq__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.GroqLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_groq__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.GroqLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_groq__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.GroqLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_groq__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -5094,6 +5221,20 @@ def test_groq__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_groq__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_groq__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.GroqLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_groq__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.GroqLLM, {"model": "test-model", "temperature": "fast"})
@@ -5330,6 +5471,7 @@ def test_groq__unknown_option__checked_first() -> None:
 
 def test_hermes__provider_key() -> None:
     assert brainline.HermesLLM.provider_key == "hermes"
+    assert brainline.HermesLLM.genai_provider_name == "hermes"
     assert hermes.LLM is brainline.HermesLLM
 
 
@@ -5468,6 +5610,16 @@ def test_hermes__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> N
 def test_hermes__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.HermesLLM, {})
     assert llm.config.on_metrics is None
+
+
+def test_hermes__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.HermesLLM, {})
+    assert llm.config.telemetry is None
+
+
+def test_hermes__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.HermesLLM, {})
+    assert llm.config.capture_message_content is None
 
 
 def test_hermes__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -6031,6 +6183,20 @@ def test_hermes__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_hermes__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.HermesLLM, {"telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_hermes__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.HermesLLM, {"capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_hermes__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.HermesLLM, {"temperature": "fast"})
@@ -6267,6 +6433,7 @@ def test_hermes__unknown_option__checked_first() -> None:
 
 def test_litellm__provider_key() -> None:
     assert brainline.LiteLLMProxyLLM.provider_key == "litellm"
+    assert brainline.LiteLLMProxyLLM.genai_provider_name == "litellm"
     assert litellm.LLM is brainline.LiteLLMProxyLLM
 
 
@@ -6388,6 +6555,16 @@ def test_litellm__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> 
 def test_litellm__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.LiteLLMProxyLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_litellm__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LiteLLMProxyLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_litellm__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LiteLLMProxyLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_litellm__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -7012,6 +7189,22 @@ def test_litellm__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_litellm__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_litellm__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.LiteLLMProxyLLM, {"model": "test-model", "capture_message_content": "yes"}
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_litellm__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LiteLLMProxyLLM, {"model": "test-model", "temperature": "fast"})
@@ -7248,6 +7441,7 @@ def test_litellm__unknown_option__checked_first() -> None:
 
 def test_llamacpp__provider_key() -> None:
     assert brainline.LlamaCppLLM.provider_key == "llamacpp"
+    assert brainline.LlamaCppLLM.genai_provider_name == "llamacpp"
     assert llamacpp.LLM is brainline.LlamaCppLLM
 
 
@@ -7369,6 +7563,16 @@ def test_llamacpp__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
 def test_llamacpp__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.LlamaCppLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_llamacpp__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LlamaCppLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_llamacpp__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LlamaCppLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_llamacpp__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -7974,6 +8178,20 @@ def test_llamacpp__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_llamacpp__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_llamacpp__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LlamaCppLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_llamacpp__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LlamaCppLLM, {"model": "test-model", "temperature": "fast"})
@@ -8210,6 +8428,7 @@ def test_llamacpp__unknown_option__checked_first() -> None:
 
 def test_lmstudio__provider_key() -> None:
     assert brainline.LMStudioLLM.provider_key == "lmstudio"
+    assert brainline.LMStudioLLM.genai_provider_name == "lmstudio"
     assert lmstudio.LLM is brainline.LMStudioLLM
 
 
@@ -8331,6 +8550,16 @@ def test_lmstudio__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
 def test_lmstudio__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.LMStudioLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_lmstudio__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LMStudioLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_lmstudio__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.LMStudioLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_lmstudio__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -8943,6 +9172,20 @@ def test_lmstudio__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_lmstudio__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_lmstudio__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.LMStudioLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_lmstudio__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.LMStudioLLM, {"model": "test-model", "temperature": "fast"})
@@ -9179,6 +9422,7 @@ def test_lmstudio__unknown_option__checked_first() -> None:
 
 def test_mistral__provider_key() -> None:
     assert brainline.MistralLLM.provider_key == "mistral"
+    assert brainline.MistralLLM.genai_provider_name == "mistral_ai"
     assert mistral.LLM is brainline.MistralLLM
 
 
@@ -9300,6 +9544,16 @@ def test_mistral__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> 
 def test_mistral__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.MistralLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_mistral__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.MistralLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_mistral__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.MistralLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_mistral__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -9898,6 +10152,20 @@ def test_mistral__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_mistral__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_mistral__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.MistralLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_mistral__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.MistralLLM, {"model": "test-model", "temperature": "fast"})
@@ -10134,6 +10402,7 @@ def test_mistral__unknown_option__checked_first() -> None:
 
 def test_ollama__provider_key() -> None:
     assert brainline.OllamaLLM.provider_key == "ollama"
+    assert brainline.OllamaLLM.genai_provider_name == "ollama"
     assert ollama.LLM is brainline.OllamaLLM
 
 
@@ -10255,6 +10524,16 @@ def test_ollama__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> N
 def test_ollama__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.OllamaLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_ollama__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OllamaLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_ollama__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OllamaLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_ollama__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -10852,6 +11131,20 @@ def test_ollama__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_ollama__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_ollama__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OllamaLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_ollama__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OllamaLLM, {"model": "test-model", "temperature": "fast"})
@@ -11088,6 +11381,7 @@ def test_ollama__unknown_option__checked_first() -> None:
 
 def test_openai_compatible__provider_key() -> None:
     assert brainline.OpenAICompatibleLLM.provider_key == "openai_compatible"
+    assert brainline.OpenAICompatibleLLM.genai_provider_name == "openai_compatible"
     assert openai_compatible.LLM is brainline.OpenAICompatibleLLM
 
 
@@ -11250,6 +11544,22 @@ def test_openai_compatible__default__on_metrics(monkeypatch: pytest.MonkeyPatch)
         brainline.OpenAICompatibleLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
     )
     assert llm.config.on_metrics is None
+
+
+def test_openai_compatible__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(
+        brainline.OpenAICompatibleLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+    )
+    assert llm.config.telemetry is None
+
+
+def test_openai_compatible__default__capture_message_content(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    llm = _construct(
+        brainline.OpenAICompatibleLLM, {"base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+    )
+    assert llm.config.capture_message_content is None
 
 
 def test_openai_compatible__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -12172,6 +12482,30 @@ def test_openai_compatible__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_openai_compatible__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {"base_url": "http://127.0.0.1:9/v1", "model": "test-model", "telemetry": "yes"},
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_openai_compatible__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.OpenAICompatibleLLM,
+            {
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model",
+                "capture_message_content": "yes",
+            },
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_openai_compatible__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(
@@ -12556,6 +12890,7 @@ def test_openai_compatible__unknown_option__checked_first() -> None:
 
 def test_openclaw__provider_key() -> None:
     assert brainline.OpenClawLLM.provider_key == "openclaw"
+    assert brainline.OpenClawLLM.genai_provider_name == "openclaw"
     assert openclaw.LLM is brainline.OpenClawLLM
 
 
@@ -12677,6 +13012,16 @@ def test_openclaw__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
 def test_openclaw__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.OpenClawLLM, {"agent": "support"})
     assert llm.config.on_metrics is None
+
+
+def test_openclaw__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OpenClawLLM, {"agent": "support"})
+    assert llm.config.telemetry is None
+
+
+def test_openclaw__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OpenClawLLM, {"agent": "support"})
+    assert llm.config.capture_message_content is None
 
 
 def test_openclaw__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -13306,6 +13651,20 @@ def test_openclaw__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_openclaw__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_openclaw__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OpenClawLLM, {"agent": "support", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_openclaw__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenClawLLM, {"agent": "support", "temperature": "fast"})
@@ -13542,6 +13901,7 @@ def test_openclaw__unknown_option__checked_first() -> None:
 
 def test_openrouter__provider_key() -> None:
     assert brainline.OpenRouterLLM.provider_key == "openrouter"
+    assert brainline.OpenRouterLLM.genai_provider_name == "openrouter"
     assert openrouter.LLM is brainline.OpenRouterLLM
 
 
@@ -13663,6 +14023,16 @@ def test_openrouter__default__session_key_from(monkeypatch: pytest.MonkeyPatch) 
 def test_openrouter__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.OpenRouterLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_openrouter__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OpenRouterLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_openrouter__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.OpenRouterLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_openrouter__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14281,6 +14651,22 @@ def test_openrouter__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_openrouter__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.OpenRouterLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_openrouter__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(
+            brainline.OpenRouterLLM, {"model": "test-model", "capture_message_content": "yes"}
+        )
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_openrouter__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.OpenRouterLLM, {"model": "test-model", "temperature": "fast"})
@@ -14525,6 +14911,7 @@ def test_openrouter__unknown_option__checked_first() -> None:
 
 def test_together__provider_key() -> None:
     assert brainline.TogetherLLM.provider_key == "together"
+    assert brainline.TogetherLLM.genai_provider_name == "together"
     assert together.LLM is brainline.TogetherLLM
 
 
@@ -14646,6 +15033,16 @@ def test_together__default__session_key_from(monkeypatch: pytest.MonkeyPatch) ->
 def test_together__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.TogetherLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_together__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.TogetherLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_together__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.TogetherLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_together__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15251,6 +15648,20 @@ def test_together__validate__on_metrics__type() -> None:
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
 
 
+def test_together__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_together__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.TogetherLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
+
+
 def test_together__validate__temperature__type() -> None:
     with pytest.raises(brainline.ConfigError) as info:
         _construct(brainline.TogetherLLM, {"model": "test-model", "temperature": "fast"})
@@ -15487,6 +15898,7 @@ def test_together__unknown_option__checked_first() -> None:
 
 def test_vllm__provider_key() -> None:
     assert brainline.VLLMLLM.provider_key == "vllm"
+    assert brainline.VLLMLLM.genai_provider_name == "vllm"
     assert vllm.LLM is brainline.VLLMLLM
 
 
@@ -15608,6 +16020,16 @@ def test_vllm__default__session_key_from(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_vllm__default__on_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = _construct(brainline.VLLMLLM, {"model": "test-model"})
     assert llm.config.on_metrics is None
+
+
+def test_vllm__default__telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.VLLMLLM, {"model": "test-model"})
+    assert llm.config.telemetry is None
+
+
+def test_vllm__default__capture_message_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = _construct(brainline.VLLMLLM, {"model": "test-model"})
+    assert llm.config.capture_message_content is None
 
 
 def test_vllm__default__temperature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -16192,6 +16614,20 @@ def test_vllm__validate__on_metrics__type() -> None:
         _construct(brainline.VLLMLLM, {"model": "test-model", "on_metrics": "not a function"})
     assert info.value.code == "invalid_type"
     assert str(info.value) == 'on_metrics must be a function, got "not a function"'
+
+
+def test_vllm__validate__telemetry__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "telemetry": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'telemetry must be a boolean, got "yes"'
+
+
+def test_vllm__validate__capture_message_content__type() -> None:
+    with pytest.raises(brainline.ConfigError) as info:
+        _construct(brainline.VLLMLLM, {"model": "test-model", "capture_message_content": "yes"})
+    assert info.value.code == "invalid_type"
+    assert str(info.value) == 'capture_message_content must be a boolean, got "yes"'
 
 
 def test_vllm__validate__temperature__type() -> None:

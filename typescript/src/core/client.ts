@@ -21,6 +21,7 @@ import { resolveSessionKey, sessionContext } from "./session.js";
 import { type Log, envLog } from "./log.js";
 import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
+import { type Telemetry, telemetryFor } from "./telemetry.js";
 import {
   AbortedError,
   type Body,
@@ -282,6 +283,8 @@ class Exchange {
 export class BaseLLM {
   /** The provider's key in the catalog; each generated class sets its own. */
   static readonly providerKey: string = "";
+  /** OpenTelemetry's gen_ai.provider.name for it (spec: `genai_provider_name`, else the key). */
+  static readonly genaiProviderName: string = "";
 
   private readonly llmConfig: LLMConfig;
   /** Debug logs (BRAINLINE_LOG). */
@@ -296,6 +299,8 @@ export class BaseLLM {
   // The dialect this endpoint speaks; in "auto" mode a 400/422 naming a field changes it.
   private sendStreamOptions: boolean;
   private maxTokensKey: string;
+  /** OpenTelemetry spans and metrics (telemetry.ts): undefined when off, the usual case. */
+  private readonly telemetry: Telemetry | undefined;
 
   constructor(config: LLMConfig) {
     this.llmConfig = Object.isFrozen(config) ? config : freezeConfig({ ...config }, SECRET_FIELDS);
@@ -307,6 +312,8 @@ export class BaseLLM {
     this.sendStreamOptions = this.llmConfig.streamOptions !== "off";
     this.maxTokensKey =
       this.llmConfig.maxTokensField === "max_tokens" ? "max_tokens" : MAX_TOKENS_WIRE;
+    const genaiName = (this.constructor as typeof BaseLLM).genaiProviderName;
+    this.telemetry = telemetryFor(genaiName || this.llmConfig.providerKey, this.llmConfig);
   }
 
   /** The resolved configuration (read-only). */
@@ -364,12 +371,16 @@ export class BaseLLM {
       meter.finish({ cancelled: true });
       return;
     }
+    const telemetry = this.telemetry;
+    const state =
+      telemetry === undefined
+        ? new TurnState(config.reasoning)
+        : await telemetry.start(meter, messages);
 
     const url = this.url;
     const exchange = new Exchange(signal, config.timeout * 1000, config);
     exchange.failover = (options as InternalStreamOptions | null)?.[FAILOVER] === true;
     this.active.add(exchange);
-    const state = new TurnState(config.reasoning);
     let failure: unknown;
     let failed = false;
     try {

@@ -4,6 +4,7 @@
 // the moment never came. A finished turn's record also rides on its finish event as `metrics`.
 
 import { REQUEST_ID_HEADERS } from "../generated/constants.js";
+import type { TurnTrace } from "./telemetry.js";
 import { type Log, envLog, outcomeLine } from "./log.js";
 
 /** One turn's metrics record (`onMetrics`, and `metrics` on the finish event). */
@@ -86,6 +87,8 @@ export class TurnMeter {
   textAt: number | null = null;
   requestId: string | null = null;
   record: TurnMetrics | undefined = undefined;
+  /** OpenTelemetry (telemetry.ts), when on. */
+  trace: TurnTrace | undefined = undefined;
 
   constructor(
     readonly provider: string,
@@ -132,6 +135,7 @@ export class TurnMeter {
       cancelled: end.cancelled ?? false,
     };
     this.record = record;
+    if (this.trace !== undefined) this.trace.end(record);
     if (this.log.infoOn) this.log.info(outcomeLine(record));
     if (this.callback !== undefined) {
       try {

@@ -22,6 +22,10 @@ export const ERROR_BODY_MAX_BYTES = 2048;
 export const REQUEST_ID_HEADERS = "x-request-id,request-id,x-litellm-call-id";
 /** Env var naming the log level, debug, info or warning (TypeScript also off): debug logs each request and answer, info each turn's outcome. Never a key, a session key or a caller. */
 export const LOG_ENV = "BRAINLINE_LOG";
+/** Env var that turns OpenTelemetry spans and metrics on ("1" or "true") when the `telemetry` option is unset. */
+export const TELEMETRY_ENV = "BRAINLINE_TELEMETRY";
+/** Env var the OpenTelemetry GenAI instrumentations read: "true", "1", "span_only" or "span_and_event" records message content on spans when `capture_message_content` is unset. */
+export const CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
 /** Longest memory-scope key accepted (the limit Hermes enforces). */
 export const SESSION_KEY_MAX_LENGTH = 256;
 /** Prefix of the memory-scope key derived with session_key_from="caller_hash". */

@@ -58,6 +58,10 @@ export interface DeepSeekLLMOptions {
   sessionKeyFrom?: string;
   /** Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn. */
   onMetrics?: (metrics: TurnMetrics) => void;
+  /** Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing. */
+  telemetry?: boolean;
+  /** With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded. */
+  captureMessageContent?: boolean;
   /** Sampling temperature. */
   temperature?: number;
   /** Most tokens to generate; sent under the key `maxTokensField` chooses (`maxCompletionTokens` by default). */
@@ -107,6 +111,8 @@ const OPTION_NAMES: ReadonlySet<string> = new Set([
   "sessionKeyFactory",
   "sessionKeyFrom",
   "onMetrics",
+  "telemetry",
+  "captureMessageContent",
   "temperature",
   "maxTokens",
   "topP",
@@ -126,6 +132,7 @@ const OPTION_NAMES: ReadonlySet<string> = new Set([
  */
 export class DeepSeekLLM extends BaseLLM {
   static override readonly providerKey: string = "deepseek";
+  static override readonly genaiProviderName: string = "deepseek";
 
   constructor(options: DeepSeekLLMOptions) {
     v.checkOptions(options);
@@ -155,6 +162,8 @@ export class DeepSeekLLM extends BaseLLM {
     const sessionKeyFactory = options.sessionKeyFactory;
     const sessionKeyFrom = options.sessionKeyFrom;
     const onMetrics = options.onMetrics;
+    const telemetry = options.telemetry;
+    const captureMessageContent = options.captureMessageContent;
     const temperature = options.temperature;
     const maxTokens = options.maxTokens;
     const topP = options.topP;
@@ -193,6 +202,8 @@ export class DeepSeekLLM extends BaseLLM {
         sessionKeyFactory,
         sessionKeyFrom,
         onMetrics,
+        telemetry,
+        captureMessageContent,
         temperature,
         maxTokens,
         topP,

@@ -59,6 +59,7 @@ function thrown(fn: () => unknown): unknown {
 
 test("test_cerebras__provider_key", () => {
   expect(brainline.CerebrasLLM.providerKey).toBe("cerebras");
+  expect(brainline.CerebrasLLM.genaiProviderName).toBe("cerebras");
   expect(brainline.cerebras.LLM).toBe(brainline.CerebrasLLM);
 });
 
@@ -180,6 +181,16 @@ test("test_cerebras__default__session_key_from", () => {
 test("test_cerebras__default__on_metrics", () => {
   const llm = construct(brainline.CerebrasLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_cerebras__default__telemetry", () => {
+  const llm = construct(brainline.CerebrasLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_cerebras__default__capture_message_content", () => {
+  const llm = construct(brainline.CerebrasLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_cerebras__default__temperature", () => {
@@ -848,6 +859,24 @@ test("test_cerebras__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_cerebras__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_cerebras__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.CerebrasLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_cerebras__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.CerebrasLLM, { model: "test-model", temperature: "fast" }),
@@ -1125,6 +1154,7 @@ test("test_cerebras__unknown_option__checked_first", () => {
 
 test("test_custom__provider_key", () => {
   expect(brainline.CustomLLM.providerKey).toBe("custom");
+  expect(brainline.CustomLLM.genaiProviderName).toBe("custom");
   expect(brainline.custom.LLM).toBe(brainline.CustomLLM);
 });
 
@@ -1310,6 +1340,22 @@ test("test_custom__default__on_metrics", () => {
     model: "test-model",
   });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_custom__default__telemetry", () => {
+  const llm = construct(brainline.CustomLLM, {
+    baseUrl: "http://127.0.0.1:9/v1",
+    model: "test-model",
+  });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_custom__default__capture_message_content", () => {
+  const llm = construct(brainline.CustomLLM, {
+    baseUrl: "http://127.0.0.1:9/v1",
+    model: "test-model",
+  });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_custom__default__temperature", () => {
@@ -2271,6 +2317,32 @@ test("test_custom__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_custom__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      telemetry: "yes",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_custom__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.CustomLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      captureMessageContent: "yes",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_custom__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.CustomLLM, {
@@ -2696,6 +2768,7 @@ test("test_custom__unknown_option__checked_first", () => {
 
 test("test_deepseek__provider_key", () => {
   expect(brainline.DeepSeekLLM.providerKey).toBe("deepseek");
+  expect(brainline.DeepSeekLLM.genaiProviderName).toBe("deepseek");
   expect(brainline.deepseek.LLM).toBe(brainline.DeepSeekLLM);
 });
 
@@ -2817,6 +2890,16 @@ test("test_deepseek__default__session_key_from", () => {
 test("test_deepseek__default__on_metrics", () => {
   const llm = construct(brainline.DeepSeekLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_deepseek__default__telemetry", () => {
+  const llm = construct(brainline.DeepSeekLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_deepseek__default__capture_message_content", () => {
+  const llm = construct(brainline.DeepSeekLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_deepseek__default__temperature", () => {
@@ -3485,6 +3568,24 @@ test("test_deepseek__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_deepseek__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_deepseek__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.DeepSeekLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_deepseek__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.DeepSeekLLM, { model: "test-model", temperature: "fast" }),
@@ -3762,6 +3863,7 @@ test("test_deepseek__unknown_option__checked_first", () => {
 
 test("test_fireworks__provider_key", () => {
   expect(brainline.FireworksLLM.providerKey).toBe("fireworks");
+  expect(brainline.FireworksLLM.genaiProviderName).toBe("fireworks");
   expect(brainline.fireworks.LLM).toBe(brainline.FireworksLLM);
 });
 
@@ -3883,6 +3985,16 @@ test("test_fireworks__default__session_key_from", () => {
 test("test_fireworks__default__on_metrics", () => {
   const llm = construct(brainline.FireworksLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_fireworks__default__telemetry", () => {
+  const llm = construct(brainline.FireworksLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_fireworks__default__capture_message_content", () => {
+  const llm = construct(brainline.FireworksLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_fireworks__default__temperature", () => {
@@ -4551,6 +4663,24 @@ test("test_fireworks__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_fireworks__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_fireworks__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.FireworksLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_fireworks__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.FireworksLLM, { model: "test-model", temperature: "fast" }),
@@ -4832,6 +4962,7 @@ test("test_fireworks__unknown_option__checked_first", () => {
 
 test("test_groq__provider_key", () => {
   expect(brainline.GroqLLM.providerKey).toBe("groq");
+  expect(brainline.GroqLLM.genaiProviderName).toBe("groq");
   expect(brainline.groq.LLM).toBe(brainline.GroqLLM);
 });
 
@@ -4953,6 +5084,16 @@ test("test_groq__default__session_key_from", () => {
 test("test_groq__default__on_metrics", () => {
   const llm = construct(brainline.GroqLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_groq__default__telemetry", () => {
+  const llm = construct(brainline.GroqLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_groq__default__capture_message_content", () => {
+  const llm = construct(brainline.GroqLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_groq__default__temperature", () => {
@@ -5594,6 +5735,22 @@ test("test_groq__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_groq__validate__telemetry__type", () => {
+  const err = thrown(() => construct(brainline.GroqLLM, { model: "test-model", telemetry: "yes" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_groq__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.GroqLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_groq__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.GroqLLM, { model: "test-model", temperature: "fast" }),
@@ -5863,6 +6020,7 @@ test("test_groq__unknown_option__checked_first", () => {
 
 test("test_hermes__provider_key", () => {
   expect(brainline.HermesLLM.providerKey).toBe("hermes");
+  expect(brainline.HermesLLM.genaiProviderName).toBe("hermes");
   expect(brainline.hermes.LLM).toBe(brainline.HermesLLM);
 });
 
@@ -6001,6 +6159,16 @@ test("test_hermes__default__session_key_from", () => {
 test("test_hermes__default__on_metrics", () => {
   const llm = construct(brainline.HermesLLM, {});
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_hermes__default__telemetry", () => {
+  const llm = construct(brainline.HermesLLM, {});
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_hermes__default__capture_message_content", () => {
+  const llm = construct(brainline.HermesLLM, {});
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_hermes__default__temperature", () => {
@@ -6553,6 +6721,20 @@ test("test_hermes__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_hermes__validate__telemetry__type", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { telemetry: "yes" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_hermes__validate__capture_message_content__type", () => {
+  const err = thrown(() => construct(brainline.HermesLLM, { captureMessageContent: "yes" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_hermes__validate__temperature__type", () => {
   const err = thrown(() => construct(brainline.HermesLLM, { temperature: "fast" }));
   expect(err).toBeInstanceOf(brainline.ConfigError);
@@ -6792,6 +6974,7 @@ test("test_hermes__unknown_option__checked_first", () => {
 
 test("test_litellm__provider_key", () => {
   expect(brainline.LiteLLMProxyLLM.providerKey).toBe("litellm");
+  expect(brainline.LiteLLMProxyLLM.genaiProviderName).toBe("litellm");
   expect(brainline.litellm.LLM).toBe(brainline.LiteLLMProxyLLM);
 });
 
@@ -6913,6 +7096,16 @@ test("test_litellm__default__session_key_from", () => {
 test("test_litellm__default__on_metrics", () => {
   const llm = construct(brainline.LiteLLMProxyLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_litellm__default__telemetry", () => {
+  const llm = construct(brainline.LiteLLMProxyLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_litellm__default__capture_message_content", () => {
+  const llm = construct(brainline.LiteLLMProxyLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_litellm__default__temperature", () => {
@@ -7593,6 +7786,24 @@ test("test_litellm__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_litellm__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_litellm__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LiteLLMProxyLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_litellm__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.LiteLLMProxyLLM, { model: "test-model", temperature: "fast" }),
@@ -7880,6 +8091,7 @@ test("test_litellm__unknown_option__checked_first", () => {
 
 test("test_llamacpp__provider_key", () => {
   expect(brainline.LlamaCppLLM.providerKey).toBe("llamacpp");
+  expect(brainline.LlamaCppLLM.genaiProviderName).toBe("llamacpp");
   expect(brainline.llamacpp.LLM).toBe(brainline.LlamaCppLLM);
 });
 
@@ -8001,6 +8213,16 @@ test("test_llamacpp__default__session_key_from", () => {
 test("test_llamacpp__default__on_metrics", () => {
   const llm = construct(brainline.LlamaCppLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_llamacpp__default__telemetry", () => {
+  const llm = construct(brainline.LlamaCppLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_llamacpp__default__capture_message_content", () => {
+  const llm = construct(brainline.LlamaCppLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_llamacpp__default__temperature", () => {
@@ -8669,6 +8891,24 @@ test("test_llamacpp__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_llamacpp__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_llamacpp__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LlamaCppLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_llamacpp__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.LlamaCppLLM, { model: "test-model", temperature: "fast" }),
@@ -8946,6 +9186,7 @@ test("test_llamacpp__unknown_option__checked_first", () => {
 
 test("test_lmstudio__provider_key", () => {
   expect(brainline.LMStudioLLM.providerKey).toBe("lmstudio");
+  expect(brainline.LMStudioLLM.genaiProviderName).toBe("lmstudio");
   expect(brainline.lmstudio.LLM).toBe(brainline.LMStudioLLM);
 });
 
@@ -9067,6 +9308,16 @@ test("test_lmstudio__default__session_key_from", () => {
 test("test_lmstudio__default__on_metrics", () => {
   const llm = construct(brainline.LMStudioLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_lmstudio__default__telemetry", () => {
+  const llm = construct(brainline.LMStudioLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_lmstudio__default__capture_message_content", () => {
+  const llm = construct(brainline.LMStudioLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_lmstudio__default__temperature", () => {
@@ -9745,6 +9996,24 @@ test("test_lmstudio__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_lmstudio__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_lmstudio__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.LMStudioLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_lmstudio__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.LMStudioLLM, { model: "test-model", temperature: "fast" }),
@@ -10022,6 +10291,7 @@ test("test_lmstudio__unknown_option__checked_first", () => {
 
 test("test_mistral__provider_key", () => {
   expect(brainline.MistralLLM.providerKey).toBe("mistral");
+  expect(brainline.MistralLLM.genaiProviderName).toBe("mistral_ai");
   expect(brainline.mistral.LLM).toBe(brainline.MistralLLM);
 });
 
@@ -10143,6 +10413,16 @@ test("test_mistral__default__session_key_from", () => {
 test("test_mistral__default__on_metrics", () => {
   const llm = construct(brainline.MistralLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_mistral__default__telemetry", () => {
+  const llm = construct(brainline.MistralLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_mistral__default__capture_message_content", () => {
+  const llm = construct(brainline.MistralLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_mistral__default__temperature", () => {
@@ -10802,6 +11082,24 @@ test("test_mistral__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_mistral__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_mistral__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.MistralLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_mistral__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.MistralLLM, { model: "test-model", temperature: "fast" }),
@@ -11079,6 +11377,7 @@ test("test_mistral__unknown_option__checked_first", () => {
 
 test("test_ollama__provider_key", () => {
   expect(brainline.OllamaLLM.providerKey).toBe("ollama");
+  expect(brainline.OllamaLLM.genaiProviderName).toBe("ollama");
   expect(brainline.ollama.LLM).toBe(brainline.OllamaLLM);
 });
 
@@ -11200,6 +11499,16 @@ test("test_ollama__default__session_key_from", () => {
 test("test_ollama__default__on_metrics", () => {
   const llm = construct(brainline.OllamaLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_ollama__default__telemetry", () => {
+  const llm = construct(brainline.OllamaLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_ollama__default__capture_message_content", () => {
+  const llm = construct(brainline.OllamaLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_ollama__default__temperature", () => {
@@ -11860,6 +12169,24 @@ test("test_ollama__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_ollama__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_ollama__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OllamaLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_ollama__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OllamaLLM, { model: "test-model", temperature: "fast" }),
@@ -12133,6 +12460,7 @@ test("test_ollama__unknown_option__checked_first", () => {
 
 test("test_openai_compatible__provider_key", () => {
   expect(brainline.OpenAICompatibleLLM.providerKey).toBe("openai_compatible");
+  expect(brainline.OpenAICompatibleLLM.genaiProviderName).toBe("openai_compatible");
   expect(brainline.openaiCompatible.LLM).toBe(brainline.OpenAICompatibleLLM);
 });
 
@@ -12318,6 +12646,22 @@ test("test_openai_compatible__default__on_metrics", () => {
     model: "test-model",
   });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_openai_compatible__default__telemetry", () => {
+  const llm = construct(brainline.OpenAICompatibleLLM, {
+    baseUrl: "http://127.0.0.1:9/v1",
+    model: "test-model",
+  });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_openai_compatible__default__capture_message_content", () => {
+  const llm = construct(brainline.OpenAICompatibleLLM, {
+    baseUrl: "http://127.0.0.1:9/v1",
+    model: "test-model",
+  });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_openai_compatible__default__temperature", () => {
@@ -13287,6 +13631,32 @@ test("test_openai_compatible__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_openai_compatible__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      telemetry: "yes",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_openai_compatible__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenAICompatibleLLM, {
+      baseUrl: "http://127.0.0.1:9/v1",
+      model: "test-model",
+      captureMessageContent: "yes",
+    }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_openai_compatible__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OpenAICompatibleLLM, {
@@ -13712,6 +14082,7 @@ test("test_openai_compatible__unknown_option__checked_first", () => {
 
 test("test_openclaw__provider_key", () => {
   expect(brainline.OpenClawLLM.providerKey).toBe("openclaw");
+  expect(brainline.OpenClawLLM.genaiProviderName).toBe("openclaw");
   expect(brainline.openclaw.LLM).toBe(brainline.OpenClawLLM);
 });
 
@@ -13833,6 +14204,16 @@ test("test_openclaw__default__session_key_from", () => {
 test("test_openclaw__default__on_metrics", () => {
   const llm = construct(brainline.OpenClawLLM, { agent: "support" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_openclaw__default__telemetry", () => {
+  const llm = construct(brainline.OpenClawLLM, { agent: "support" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_openclaw__default__capture_message_content", () => {
+  const llm = construct(brainline.OpenClawLLM, { agent: "support" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_openclaw__default__temperature", () => {
@@ -14513,6 +14894,24 @@ test("test_openclaw__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_openclaw__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_openclaw__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenClawLLM, { agent: "support", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_openclaw__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OpenClawLLM, { agent: "support", temperature: "fast" }),
@@ -14786,6 +15185,7 @@ test("test_openclaw__unknown_option__checked_first", () => {
 
 test("test_openrouter__provider_key", () => {
   expect(brainline.OpenRouterLLM.providerKey).toBe("openrouter");
+  expect(brainline.OpenRouterLLM.genaiProviderName).toBe("openrouter");
   expect(brainline.openrouter.LLM).toBe(brainline.OpenRouterLLM);
 });
 
@@ -14907,6 +15307,16 @@ test("test_openrouter__default__session_key_from", () => {
 test("test_openrouter__default__on_metrics", () => {
   const llm = construct(brainline.OpenRouterLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_openrouter__default__telemetry", () => {
+  const llm = construct(brainline.OpenRouterLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_openrouter__default__capture_message_content", () => {
+  const llm = construct(brainline.OpenRouterLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_openrouter__default__temperature", () => {
@@ -15583,6 +15993,24 @@ test("test_openrouter__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_openrouter__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_openrouter__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.OpenRouterLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_openrouter__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.OpenRouterLLM, { model: "test-model", temperature: "fast" }),
@@ -15864,6 +16292,7 @@ test("test_openrouter__unknown_option__checked_first", () => {
 
 test("test_together__provider_key", () => {
   expect(brainline.TogetherLLM.providerKey).toBe("together");
+  expect(brainline.TogetherLLM.genaiProviderName).toBe("together");
   expect(brainline.together.LLM).toBe(brainline.TogetherLLM);
 });
 
@@ -15985,6 +16414,16 @@ test("test_together__default__session_key_from", () => {
 test("test_together__default__on_metrics", () => {
   const llm = construct(brainline.TogetherLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_together__default__telemetry", () => {
+  const llm = construct(brainline.TogetherLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_together__default__capture_message_content", () => {
+  const llm = construct(brainline.TogetherLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_together__default__temperature", () => {
@@ -16653,6 +17092,24 @@ test("test_together__validate__on_metrics__type", () => {
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
 });
 
+test("test_together__validate__telemetry__type", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", telemetry: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_together__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.TogetherLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
+});
+
 test("test_together__validate__temperature__type", () => {
   const err = thrown(() =>
     construct(brainline.TogetherLLM, { model: "test-model", temperature: "fast" }),
@@ -16930,6 +17387,7 @@ test("test_together__unknown_option__checked_first", () => {
 
 test("test_vllm__provider_key", () => {
   expect(brainline.VLLMLLM.providerKey).toBe("vllm");
+  expect(brainline.VLLMLLM.genaiProviderName).toBe("vllm");
   expect(brainline.vllm.LLM).toBe(brainline.VLLMLLM);
 });
 
@@ -17051,6 +17509,16 @@ test("test_vllm__default__session_key_from", () => {
 test("test_vllm__default__on_metrics", () => {
   const llm = construct(brainline.VLLMLLM, { model: "test-model" });
   expect(llm.config.onMetrics).toEqual(undefined);
+});
+
+test("test_vllm__default__telemetry", () => {
+  const llm = construct(brainline.VLLMLLM, { model: "test-model" });
+  expect(llm.config.telemetry).toEqual(undefined);
+});
+
+test("test_vllm__default__capture_message_content", () => {
+  const llm = construct(brainline.VLLMLLM, { model: "test-model" });
+  expect(llm.config.captureMessageContent).toEqual(undefined);
 });
 
 test("test_vllm__default__temperature", () => {
@@ -17690,6 +18158,22 @@ test("test_vllm__validate__on_metrics__type", () => {
   expect(err).toBeInstanceOf(brainline.ConfigError);
   expect((err as brainline.ConfigError).code).toBe("invalid_type");
   expect((err as Error).message).toBe('onMetrics must be a function, got "not a function"');
+});
+
+test("test_vllm__validate__telemetry__type", () => {
+  const err = thrown(() => construct(brainline.VLLMLLM, { model: "test-model", telemetry: "yes" }));
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('telemetry must be a boolean, got "yes"');
+});
+
+test("test_vllm__validate__capture_message_content__type", () => {
+  const err = thrown(() =>
+    construct(brainline.VLLMLLM, { model: "test-model", captureMessageContent: "yes" }),
+  );
+  expect(err).toBeInstanceOf(brainline.ConfigError);
+  expect((err as brainline.ConfigError).code).toBe("invalid_type");
+  expect((err as Error).message).toBe('captureMessageContent must be a boolean, got "yes"');
 });
 
 test("test_vllm__validate__temperature__type", () => {

@@ -37,6 +37,7 @@ from .log import logger, setup_from_env
 from .metrics import TurnMeter, TurnMetrics, request_id_of
 from .session import SessionContext, hash_caller, resolve_session_key
 from .sse import SSEDecoder
+from .telemetry import telemetry_for
 
 __all__ = ["BaseLLM"]
 
@@ -333,6 +334,8 @@ class BaseLLM:
 
     provider_key: ClassVar[str] = ""
     """The provider's key in the catalog; each generated class sets its own."""
+    genai_provider_name: ClassVar[str] = ""
+    """OpenTelemetry's gen_ai.provider.name for it (spec: `genai_provider_name`, else the key)."""
 
     def __init__(self, config: LLMConfig) -> None:
         setup_from_env()
@@ -360,6 +363,9 @@ class BaseLLM:
             _set_header(headers, name, value)
         self._headers = _Hidden(headers)
         self._encoded_headers = _Hidden(_encode_headers(headers))  # turns without session headers
+        # OpenTelemetry spans and metrics (telemetry.py): None when off, the usual case.
+        genai_name = type(self).genai_provider_name or config.provider_key
+        self._telemetry = telemetry_for(genai_name, config)
         self._sampling: list[tuple[str, Any]] = [
             (wire, value)
             for field, wire in BODY_FIELDS
@@ -422,7 +428,10 @@ class BaseLLM:
         client = self._client or self._open()
         barge = None if cancel_event is None else _Barge(cancel_event)
         deadline = _Deadline(config)
-        state = TurnState(config.reasoning)
+        telemetry = self._telemetry
+        state = (
+            TurnState(config.reasoning) if telemetry is None else telemetry.start(meter, messages)
+        )
         response: httpx.Response | None = None
         failure: BaseException | None = None
         try:

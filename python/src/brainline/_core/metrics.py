@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from .._generated.constants import REQUEST_ID_HEADERS
 from .log import logger, outcome_line
+
+if TYPE_CHECKING:
+    from .telemetry import TurnTrace
 
 __all__ = ["METRICS_KEYS", "TurnMeter", "TurnMetrics", "request_id_of"]
 
@@ -78,6 +81,7 @@ class TurnMeter:
         "request_id",
         "start",
         "text_at",
+        "trace",
     )
 
     def __init__(
@@ -99,6 +103,7 @@ class TurnMeter:
         self.text_at: float | None = None
         self.request_id: str | None = None
         self.record: TurnMetrics | None = None
+        self.trace: TurnTrace | None = None  # OpenTelemetry (telemetry.py), when on
 
     def answered(self, headers: Mapping[str, str]) -> None:
         """An attempt's response headers arrived (any status)."""
@@ -144,6 +149,8 @@ class TurnMeter:
             "cancelled": cancelled,
         }
         self.record = record
+        if self.trace is not None:
+            self.trace.end(record)
         if logger.isEnabledFor(logging.INFO):
             logger.info(outcome_line(record))
         if self.callback is not None:

@@ -145,6 +145,18 @@ OPTIONS: Final[tuple[CliOption, ...]] = (
         "string",
         '"caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire.',
     ),
+    CliOption(
+        "telemetry",
+        "--telemetry",
+        "boolean",
+        'Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing.',
+    ),
+    CliOption(
+        "capture_message_content",
+        "--capture-message-content",
+        "boolean",
+        'With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded.',
+    ),
     CliOption("temperature", "--temperature", "number", "Sampling temperature."),
     CliOption(
         "max_tokens",

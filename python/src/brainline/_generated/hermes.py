@@ -42,6 +42,8 @@ class HermesLLM(BaseLLM):
         session_key_factory: Called once per turn with the SessionContext (call id, caller, callee, caller hash); a non-empty return value becomes the memory-scope header.
         session_key_from: "caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire.
         on_metrics: Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn.
+        telemetry: Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing.
+        capture_message_content: With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded.
         temperature: Sampling temperature.
         max_tokens: Most tokens to generate; sent under the key `max_tokens_field` chooses (`max_completion_tokens` by default).
         top_p: Nucleus sampling probability mass.
@@ -58,6 +60,7 @@ class HermesLLM(BaseLLM):
     """
 
     provider_key: ClassVar[str] = "hermes"
+    genai_provider_name: ClassVar[str] = "hermes"
 
     def __init__(
         self,
@@ -87,6 +90,8 @@ class HermesLLM(BaseLLM):
         session_key_factory: Callable[[SessionContext], str | None] | None = None,
         session_key_from: str | None = None,
         on_metrics: Callable[[TurnMetrics], object] | None = None,
+        telemetry: bool | None = None,
+        capture_message_content: bool | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         top_p: float | None = None,
@@ -140,6 +145,8 @@ class HermesLLM(BaseLLM):
                 session_key_factory=session_key_factory,
                 session_key_from=session_key_from,
                 on_metrics=on_metrics,
+                telemetry=telemetry,
+                capture_message_content=capture_message_content,
                 temperature=temperature,
                 max_tokens=max_tokens,
                 top_p=top_p,

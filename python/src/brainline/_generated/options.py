@@ -73,6 +73,10 @@ class LLMConfig:
     """"caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire."""
     on_metrics: Callable[[TurnMetrics], object] | None
     """Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn."""
+    telemetry: bool | None
+    """Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing."""
+    capture_message_content: bool | None
+    """With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded."""
     temperature: float | None
     """Sampling temperature."""
     max_tokens: int | None
@@ -167,6 +171,8 @@ def build_config(
     session_key_factory: Callable[[SessionContext], str | None] | None,
     session_key_from: str | None,
     on_metrics: Callable[[TurnMetrics], object] | None,
+    telemetry: bool | None,
+    capture_message_content: bool | None,
     temperature: float | None,
     max_tokens: int | None,
     top_p: float | None,
@@ -238,6 +244,8 @@ def build_config(
         "session_key_from", session_key_from, ["caller_hash"], "invalid_session_key_from"
     )
     v.check_type("on_metrics", on_metrics, "metrics_callback", "a function")
+    v.check_type("telemetry", telemetry, "boolean", "a boolean")
+    v.check_type("capture_message_content", capture_message_content, "boolean", "a boolean")
     v.check_type("temperature", temperature, "number", "a number")
     v.check_range("temperature", temperature, 0, 2)
     v.check_type("max_tokens", max_tokens, "integer", "an integer")
@@ -280,6 +288,8 @@ def build_config(
         session_key_factory=session_key_factory,
         session_key_from=session_key_from,
         on_metrics=on_metrics,
+        telemetry=telemetry,
+        capture_message_content=capture_message_content,
         temperature=temperature,
         max_tokens=max_tokens,
         top_p=top_p,

@@ -9,14 +9,7 @@ import {
 import { BODY_FIELDS, type LLMConfig, SECRET_FIELDS } from "../generated/options.js";
 import { TurnState, cut, isObject } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
-import {
-  type Event,
-  type FinishEvent,
-  type ToolCallEvent,
-  type Turn,
-  type Usage,
-  assembleToolCalls,
-} from "./events.js";
+import { type Event, type FinishEvent, type Turn, collectTurn } from "./events.js";
 import { resolveSessionKey, sessionContext } from "./session.js";
 import { type Log, envLog } from "./log.js";
 import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
@@ -499,35 +492,7 @@ export class BaseLLM {
     tools?: readonly object[] | null,
     options: StreamOptions = {},
   ): Promise<Turn> {
-    let text = "";
-    let reasoning = "";
-    const calls: ToolCallEvent[] = [];
-    let usage: Usage | null = null;
-    let finishReason: Turn["finishReason"] = null;
-    for await (const event of this.stream(messages, tools, options)) {
-      switch (event.type) {
-        case "text":
-          text += event.content;
-          break;
-        case "reasoning":
-          reasoning += event.content;
-          break;
-        case "tool_call":
-          calls.push(event);
-          break;
-        case "usage":
-          usage = {
-            inputTokens: event.input_tokens,
-            outputTokens: event.output_tokens,
-            cacheReadTokens: event.cache_read_tokens,
-          };
-          break;
-        case "finish":
-          finishReason = event.reason;
-          break;
-      }
-    }
-    return { text, reasoning, toolCalls: assembleToolCalls(calls), usage, finishReason };
+    return collectTurn(this.stream(messages, tools, options));
   }
 
   /** Open a connection ahead of the first turn: GET {baseUrl}/models. Never throws. */

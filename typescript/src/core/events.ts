@@ -117,6 +117,42 @@ export interface Turn {
  * Complete tool calls from tool_call events, by index (ascending): the first non-empty id, the
  * first non-empty name (a name repeated in later deltas is not doubled), the arguments joined.
  */
+/**
+ * A whole turn from its events: what `complete()` returns (a route event is not part of it);
+ * finishReason is null when the turn was cancelled.
+ */
+export async function collectTurn(events: AsyncIterable<Event>): Promise<Turn> {
+  let text = "";
+  let reasoning = "";
+  const calls: ToolCallEvent[] = [];
+  let usage: Usage | null = null;
+  let finishReason: Turn["finishReason"] = null;
+  for await (const event of events) {
+    switch (event.type) {
+      case "text":
+        text += event.content;
+        break;
+      case "reasoning":
+        reasoning += event.content;
+        break;
+      case "tool_call":
+        calls.push(event);
+        break;
+      case "usage":
+        usage = {
+          inputTokens: event.input_tokens,
+          outputTokens: event.output_tokens,
+          cacheReadTokens: event.cache_read_tokens,
+        };
+        break;
+      case "finish":
+        finishReason = event.reason;
+        break;
+    }
+  }
+  return { text, reasoning, toolCalls: assembleToolCalls(calls), usage, finishReason };
+}
+
 export function assembleToolCalls(events: Iterable<Event>): ToolCall[] {
   const calls = new Map<
     number,

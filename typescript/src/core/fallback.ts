@@ -30,10 +30,8 @@ import {
   type RouteEvent,
   type RouteFailure,
   type RouteReason,
-  type ToolCallEvent,
   type Turn,
-  type Usage,
-  assembleToolCalls,
+  collectTurn,
 } from "./events.js";
 import { envLog } from "./log.js";
 import type { TurnMetrics } from "./metrics.js";
@@ -454,35 +452,7 @@ export class FallbackLLM {
     tools?: readonly object[] | null,
     options: StreamOptions = {},
   ): Promise<Turn> {
-    let text = "";
-    let reasoning = "";
-    const calls: ToolCallEvent[] = [];
-    let usage: Usage | null = null;
-    let finishReason: Turn["finishReason"] = null;
-    for await (const event of this.stream(messages, tools, options)) {
-      switch (event.type) {
-        case "text":
-          text += event.content;
-          break;
-        case "reasoning":
-          reasoning += event.content;
-          break;
-        case "tool_call":
-          calls.push(event);
-          break;
-        case "usage":
-          usage = {
-            inputTokens: event.input_tokens,
-            outputTokens: event.output_tokens,
-            cacheReadTokens: event.cache_read_tokens,
-          };
-          break;
-        case "finish":
-          finishReason = event.reason;
-          break;
-      }
-    }
-    return { text, reasoning, toolCalls: assembleToolCalls(calls), usage, finishReason };
+    return collectTurn(this.stream(messages, tools, options));
   }
 
   /** Warm every endpoint at once (each GET {baseUrl}/models). Never throws. */

@@ -32,7 +32,7 @@ from .._generated.constants import (
 from .._generated.options import BODY_FIELDS, LLMConfig
 from .chunks import TurnState
 from .errors import APIStatusError, BrainlineError, StreamError, make_error
-from .events import Event, ToolCallEvent, Turn, Usage, assemble_tool_calls
+from .events import Event, Turn, collect_turn
 from .log import logger, setup_from_env
 from .metrics import TurnMeter, TurnMetrics, request_id_of
 from .session import SessionContext, hash_caller, resolve_session_key
@@ -576,33 +576,15 @@ class BaseLLM:
         callee: str | None = None,
     ) -> Turn:
         """Run one turn to its end and return it assembled; finish_reason is None when cancelled."""
-        text: list[str] = []
-        reasoning: list[str] = []
-        calls: list[ToolCallEvent] = []
-        usage: Usage | None = None
-        finish_reason = None
-        async for event in self.stream(
-            messages,
-            tools,
-            cancel_event=cancel_event,
-            call_id=call_id,
-            caller=caller,
-            callee=callee,
-        ):
-            if event["type"] == "text":
-                text.append(event["content"])
-            elif event["type"] == "reasoning":
-                reasoning.append(event["content"])
-            elif event["type"] == "tool_call":
-                calls.append(event)
-            elif event["type"] == "usage":
-                usage = Usage(
-                    event["input_tokens"], event["output_tokens"], event["cache_read_tokens"]
-                )
-            elif event["type"] == "finish":
-                finish_reason = event["reason"]
-        return Turn(
-            "".join(text), "".join(reasoning), assemble_tool_calls(calls), usage, finish_reason
+        return await collect_turn(
+            self.stream(
+                messages,
+                tools,
+                cancel_event=cancel_event,
+                call_id=call_id,
+                caller=caller,
+                callee=callee,
+            )
         )
 
     async def warmup(self) -> None:

@@ -5,7 +5,7 @@ Events are plain dicts (TypedDicts) with the same keys in both languages.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
@@ -150,6 +150,28 @@ class Turn:
     usage: Usage | None = None
     finish_reason: FinishReason | None = None
     """None when the turn was cancelled."""
+
+
+async def collect_turn(events: AsyncIterator[Event]) -> Turn:
+    """A whole turn from its events: what `complete()` returns (a route event is not part of it);
+    finish_reason is None when the turn was cancelled."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCallEvent] = []
+    usage: Usage | None = None
+    finish_reason = None
+    async for event in events:
+        if event["type"] == "text":
+            text.append(event["content"])
+        elif event["type"] == "reasoning":
+            reasoning.append(event["content"])
+        elif event["type"] == "tool_call":
+            calls.append(event)
+        elif event["type"] == "usage":
+            usage = Usage(event["input_tokens"], event["output_tokens"], event["cache_read_tokens"])
+        elif event["type"] == "finish":
+            finish_reason = event["reason"]
+    return Turn("".join(text), "".join(reasoning), assemble_tool_calls(calls), usage, finish_reason)
 
 
 def assemble_tool_calls(events: Iterable[Event]) -> list[ToolCall]:

@@ -28,10 +28,8 @@ from .events import (
     RouteEvent,
     RouteFailure,
     RouteReason,
-    ToolCallEvent,
     Turn,
-    Usage,
-    assemble_tool_calls,
+    collect_turn,
 )
 from .log import logger
 from .metrics import TurnMetrics
@@ -440,33 +438,15 @@ class FallbackLLM:
     ) -> Turn:
         """Run one turn to its end and return it assembled (the route event is not part of it);
         finish_reason is None when cancelled."""
-        text: list[str] = []
-        reasoning: list[str] = []
-        calls: list[ToolCallEvent] = []
-        usage: Usage | None = None
-        finish_reason = None
-        async for event in self.stream(
-            messages,
-            tools,
-            cancel_event=cancel_event,
-            call_id=call_id,
-            caller=caller,
-            callee=callee,
-        ):
-            if event["type"] == "text":
-                text.append(event["content"])
-            elif event["type"] == "reasoning":
-                reasoning.append(event["content"])
-            elif event["type"] == "tool_call":
-                calls.append(event)
-            elif event["type"] == "usage":
-                usage = Usage(
-                    event["input_tokens"], event["output_tokens"], event["cache_read_tokens"]
-                )
-            elif event["type"] == "finish":
-                finish_reason = event["reason"]
-        return Turn(
-            "".join(text), "".join(reasoning), assemble_tool_calls(calls), usage, finish_reason
+        return await collect_turn(
+            self.stream(
+                messages,
+                tools,
+                cancel_event=cancel_event,
+                call_id=call_id,
+                caller=caller,
+                callee=callee,
+            )
         )
 
     async def warmup(self) -> None:

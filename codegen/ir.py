@@ -8,7 +8,7 @@ error (an unknown option, constant or error code, a cycle) names the file and th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from . import model
 from .load import RawSpec, SpecError
 
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+LANGUAGES = ("python", "typescript")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Option:
     doc: str
     rules: Rules
     extra: bool  # a provider-only option, not a field of LLMConfig
+    languages: tuple[str, ...] = LANGUAGES  # the packages that take it
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,24 @@ class Spec:
 
     def error(self, code: str) -> ErrorDef:
         return next(e for e in self.errors if e.code == code)
+
+    def restricted(self, language: str | None) -> Spec:
+        """The spec as one language's templates see it: without the options that language does
+        not take (`languages` in options.yaml). None: only the options both languages take (the
+        mirrored spec tests, which carry the same ids in both)."""
+
+        def keep(o: Option) -> bool:
+            return set(o.languages) >= ({language} if language else set(LANGUAGES))
+
+        return replace(
+            self,
+            catalog=tuple(o for o in self.catalog if keep(o)),
+            fallback=tuple(o for o in self.fallback if keep(o)),
+            providers=tuple(
+                replace(p, arguments=tuple(o for o in p.arguments if keep(o)))
+                for p in self.providers
+            ),
+        )
 
     def config_nullable(self, name: str) -> bool:
         """Whether an LLMConfig field can be None: some provider neither requires, defaults nor derives it."""
@@ -202,6 +222,7 @@ def _option(
         doc=" ".join(o.doc.split()),
         rules=_rules(o.validate_, res, where, codes),
         extra=extra,
+        languages=tuple(lang.value for lang in o.languages) if o.languages else LANGUAGES,
     )
 
 
@@ -373,6 +394,4 @@ def _providers(
 
 
 def _replace(o: Option, **changes: Any) -> Option:
-    from dataclasses import replace
-
     return replace(o, **changes)

@@ -131,6 +131,12 @@ class OptionType(Enum):
     tool_choice = "tool_choice"
     session_key_factory = "session_key_factory"
     metrics_callback = "metrics_callback"
+    fetch_function = "fetch_function"
+
+
+class Language(Enum):
+    python = "python"
+    typescript = "typescript"
 
 
 class Option(BaseModel):
@@ -149,6 +155,10 @@ class Option(BaseModel):
     secret: bool | None = None
     validate_: Validate | None = Field(None, alias="validate")
     wire: constr(pattern=r"^[a-z][a-z0-9_]*$") | None = None
+    languages: list[Language] | None = Field(None, min_length=1)
+    """
+    The packages that take the option; absent: both. A one-language option is left out of the other language's constructors, LLMConfig and mirrored spec tests (e.g. TypeScript's fetch, whose Python counterpart is an httpx client).
+    """
     doc: constr(min_length=1)
 
 

@@ -117,6 +117,7 @@ PY_TYPES = {
     "tool_choice": "str | Mapping[str, Any]",
     "session_key_factory": "Callable[[SessionContext], str | None]",
     "metrics_callback": "Callable[[TurnMetrics], object]",
+    "fetch_function": "Callable[..., Any]",
 }
 TS_TYPES = {
     "string": "string",
@@ -130,6 +131,7 @@ TS_TYPES = {
     "tool_choice": "string | Readonly<Record<string, unknown>>",
     "session_key_factory": "((ctx: SessionContext) => string | null | undefined)",
     "metrics_callback": "((metrics: TurnMetrics) => void)",
+    "fetch_function": "typeof globalThis.fetch",
 }
 
 PYTHON = Language("python", "None")

@@ -74,7 +74,11 @@ def checks(o: Option) -> list[tuple[str, list[Any]]]:
 
 def cli_flag(o: Option) -> bool:
     """Whether an option is a `brainline chat` flag: not a secret (argv is visible), not a callable."""
-    return not o.secret and o.type not in ("session_key_factory", "metrics_callback")
+    return not o.secret and o.type not in (
+        "session_key_factory",
+        "metrics_callback",
+        "fetch_function",
+    )
 
 
 def cli_options(spec: Spec) -> list[Option]:
@@ -125,13 +129,19 @@ def _banner(comment: str, sources: Iterable[str]) -> str:
 def render_all(spec: Spec) -> dict[str, str]:
     """Every generated file: the template tree mirrors the output tree (`provider.*` once per provider)."""
     env = environment()
-    cases = build_cases(spec)
+    # The mirrored spec tests carry the same ids in both languages: only the options both take.
+    cases = build_cases(spec.restricted(None))
+    # Each package's templates see only the options it takes; the docs see them all.
+    views = {"python": spec.restricted("python"), "typescript": spec.restricted("typescript")}
     out: dict[str, str] = {}
 
     def put(template: str, sources: Iterable[str], path: str = "", **ctx: Any) -> None:
         path = path or template.removesuffix(".j2")
         comment = {".py": "#", ".ts": "//", ".md": "<!--"}[Path(path).suffix]
-        text = env.get_template(template).render(spec=spec, cases=cases, **ctx)
+        view = views.get(path.split("/", 1)[0], spec)
+        if "p" in ctx:
+            ctx["p"] = next(p for p in view.providers if p.key == ctx["p"].key)
+        text = env.get_template(template).render(spec=view, cases=cases, **ctx)
         out[path] = _banner(comment, sources) + "\n" + text
 
     s = spec.sources

@@ -124,3 +124,19 @@ def test_mirrored_tests_have_the_same_ids(root: Path) -> None:
     assert len(py_ids) > 300
     assert py_ids == ts_ids
     assert len(set(py_ids)) == len(py_ids)
+
+
+def test_a_one_language_option_is_only_in_that_language(root: Path) -> None:
+    """`languages: [typescript]` (the `fetch` option): in TypeScript's classes and LLMConfig and
+    in the docs (all options), not in Python's classes, LLMConfig or either mirrored test suite."""
+    ts = (root / "typescript/src/generated/custom.ts").read_text(encoding="utf-8")
+    ts_options = (root / "typescript/src/generated/options.ts").read_text(encoding="utf-8")
+    py = (root / "python/src/brainline/_generated/custom.py").read_text(encoding="utf-8")
+    py_options = (root / "python/src/brainline/_generated/options.py").read_text(encoding="utf-8")
+    docs = (root / "docs/reference/providers.md").read_text(encoding="utf-8")
+    assert "fetch?: typeof globalThis.fetch;" in ts
+    assert "readonly fetch: typeof globalThis.fetch" in ts_options
+    assert "| `fetch` / `fetch` | fetch_function |" in docs
+    assert not re.search(r"\bfetch\b", py + py_options)
+    for rel in ("python/tests/generated/test_spec.py", "typescript/test/generated/spec.test.ts"):
+        assert "__fetch" not in (root / rel).read_text(encoding="utf-8")

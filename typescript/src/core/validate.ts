@@ -26,6 +26,7 @@ const TYPE_CHECKS: Record<string, Check> = {
   tool_choice: (v) => typeof v === "string" || isPlainObject(v),
   session_key_factory: (v) => typeof v === "function",
   metrics_callback: (v) => typeof v === "function",
+  fetch_function: (v) => typeof v === "function",
 };
 
 function env(name: string): string | undefined {

@@ -58,6 +58,8 @@ export interface LMStudioLLMOptions {
   sessionKeyFrom?: string;
   /** Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn. */
   onMetrics?: (metrics: TurnMetrics) => void;
+  /** A WHATWG-compatible fetch function (the platform's, undici's, a wrapper that adds a proxy or tracing): requests go through it instead of brainline's node:net socket transport. Unset: the socket transport, or `globalThis.fetch` where node:net cannot be loaded (browsers, Workers without nodejs_compat). Python's counterpart is an httpx client. */
+  fetch?: typeof globalThis.fetch;
   /** Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing. */
   telemetry?: boolean;
   /** With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded. */
@@ -111,6 +113,7 @@ const OPTION_NAMES: ReadonlySet<string> = new Set([
   "sessionKeyFactory",
   "sessionKeyFrom",
   "onMetrics",
+  "fetch",
   "telemetry",
   "captureMessageContent",
   "temperature",
@@ -162,6 +165,7 @@ export class LMStudioLLM extends BaseLLM {
     const sessionKeyFactory = options.sessionKeyFactory;
     const sessionKeyFrom = options.sessionKeyFrom;
     const onMetrics = options.onMetrics;
+    const fetch = options.fetch;
     const telemetry = options.telemetry;
     const captureMessageContent = options.captureMessageContent;
     const temperature = options.temperature;
@@ -202,6 +206,7 @@ export class LMStudioLLM extends BaseLLM {
         sessionKeyFactory,
         sessionKeyFrom,
         onMetrics,
+        fetch,
         telemetry,
         captureMessageContent,
         temperature,

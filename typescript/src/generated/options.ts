@@ -57,6 +57,8 @@ export interface LLMConfig {
   readonly sessionKeyFrom: string | undefined;
   /** Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn. */
   readonly onMetrics: ((metrics: TurnMetrics) => void) | undefined;
+  /** A WHATWG-compatible fetch function (the platform's, undici's, a wrapper that adds a proxy or tracing): requests go through it instead of brainline's node:net socket transport. Unset: the socket transport, or `globalThis.fetch` where node:net cannot be loaded (browsers, Workers without nodejs_compat). Python's counterpart is an httpx client. */
+  readonly fetch: typeof globalThis.fetch | undefined;
   /** Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing. */
   readonly telemetry: boolean | undefined;
   /** With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded. */
@@ -130,6 +132,7 @@ export interface EngineOptions {
   readonly sessionKeyFactory: ((ctx: SessionContext) => string | null | undefined) | undefined;
   readonly sessionKeyFrom: string | undefined;
   readonly onMetrics: ((metrics: TurnMetrics) => void) | undefined;
+  readonly fetch: typeof globalThis.fetch | undefined;
   readonly telemetry: boolean | undefined;
   readonly captureMessageContent: boolean | undefined;
   readonly temperature: number | undefined;
@@ -201,6 +204,7 @@ export function buildConfig(providerKey: string, o: EngineOptions): LLMConfig {
   v.checkType("sessionKeyFrom", o.sessionKeyFrom, "string", "a string");
   v.checkChoice("sessionKeyFrom", o.sessionKeyFrom, ["caller_hash"], "invalid_session_key_from");
   v.checkType("onMetrics", o.onMetrics, "metrics_callback", "a function");
+  v.checkType("fetch", o.fetch, "fetch_function", "a function");
   v.checkType("telemetry", o.telemetry, "boolean", "a boolean");
   v.checkType("captureMessageContent", o.captureMessageContent, "boolean", "a boolean");
   v.checkType("temperature", o.temperature, "number", "a number");
@@ -246,6 +250,7 @@ export function buildConfig(providerKey: string, o: EngineOptions): LLMConfig {
       sessionKeyFactory: o.sessionKeyFactory,
       sessionKeyFrom: o.sessionKeyFrom,
       onMetrics: o.onMetrics,
+      fetch: o.fetch,
       telemetry: o.telemetry,
       captureMessageContent: o.captureMessageContent,
       temperature: o.temperature,

@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CASES_DIR = HERE / "cases"
 SCHEMA_PATH = HERE / "case.schema.json"
-RUNNERS = ("py", "ts")
+# "ts-fetch": the TypeScript package through its fetch transport (runner_ts.mjs --transport fetch).
+RUNNERS = ("py", "ts", "ts-fetch")
 
 PROVIDER_CLASSES = {
     "custom": "CustomLLM",
@@ -64,6 +65,10 @@ TRANSPORT_HEADERS = frozenset(
 
 # What httpx and transport.ts both send when the caller set none (warmup).
 LIBRARY_DEFAULT_HEADERS = frozenset({("accept", "*/*")})
+
+# Added by Node's fetch (undici, as the Fetch standard says) to every request: the "ts-fetch"
+# runner's transcripts leave them out as they leave out TRANSPORT_HEADERS.
+FETCH_HEADERS = frozenset({("accept-language", "*"), ("sec-fetch-mode", "cors")})
 
 CALL_ARGUMENT_NAMES = ("call_id", "caller", "callee", "messages", "tools", "agent")
 
@@ -531,7 +536,7 @@ def _normalize_text(text: str, runner: str, case_id: str, harness: Harness) -> s
     text = text.replace(harness.origin + route_prefix(runner, case_id), "{server}")
     text = text.replace(harness.closed_origin, "{closed}")
     text = text.replace(harness.stalled_origin, "{stalled}")
-    if runner == "ts":  # the language's own spellings (spec/errors.yaml): names, the null word
+    if runner != "py":  # the language's own spellings (spec/errors.yaml): names, the null word
         for name in sorted(harness.option_names, key=len, reverse=True):
             spelled = camel(name)
             if spelled != name:
@@ -553,13 +558,17 @@ def _normalize_error(
     return out
 
 
-def normalize_request(record: Mapping[str, Any], prefix: str, compare_raw: bool) -> dict[str, Any]:
+def normalize_request(
+    record: Mapping[str, Any], prefix: str, compare_raw: bool, runner: str = "py"
+) -> dict[str, Any]:
     path = str(record["path"])
     if path.startswith(prefix + "/"):
         path = path[len(prefix) :]
     headers: dict[str, Any] = {}
     for name, value in record["headers"]:
         if name in TRANSPORT_HEADERS or (name, value) in LIBRARY_DEFAULT_HEADERS:
+            continue
+        if runner == "ts-fetch" and (name, value) in FETCH_HEADERS:
             continue
         headers[name] = value if name not in headers else f"{headers[name]}, {value}"
     out: dict[str, Any] = {"method": record["method"], "path": path}
@@ -617,7 +626,8 @@ def normalize(
         requests = json.loads(requests)["requests"]
     transcript: dict[str, Any] = {
         "requests": [
-            normalize_request(r, prefix, bool(case.get("compare_raw_body"))) for r in requests
+            normalize_request(r, prefix, bool(case.get("compare_raw_body")), runner)
+            for r in requests
         ]
     }
     if raw.get("runner_error"):

@@ -1,12 +1,14 @@
 // Run parity cases through brainline's public TypeScript API (the built package).
 //
-//   node tests/parity/runner_ts.mjs [--entry path/to/index.js] < payload.json > transcripts.json
+//   node tests/parity/runner_ts.mjs [--entry path/to/index.js] [--transport fetch] < payload.json > transcripts.json
 //
 // stdin: {"origin": "http://127.0.0.1:P", "closed_origin": ..., "stalled_origin": ..., "scrub_env": [...],
 //         "option_names": [...], "cases": [case, ...]}  (written by tests/parity/test_parity.py)
 // stdout: {"<case id>": raw record, ...}, the same raw record runner_py.py builds; runner_py.normalize
 // turns both into transcripts, so the two languages are observed and normalised alike.
 // Each case talks to its own route on the mock server: {origin}/ts/<case id>/v1.
+// --transport fetch gives every client `fetch: globalThis.fetch` (the fetch transport) and uses
+// the routes {origin}/ts-fetch/<case id>/v1 (runner "ts-fetch" in runner_py.py).
 // The named session-key factories below must stay identical to FACTORIES in runner_py.py.
 
 import http from "node:http";
@@ -38,11 +40,15 @@ const FACTORIES = {
 const camel = (name) => name.replace(/_([a-z0-9])/g, (_, c) => c.toUpperCase());
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const DEFAULT = Symbol("default");
+// Set from --transport in main(): the route prefix, and the fetch function every client gets.
+let ROUTE = "/ts";
+let FETCH;
 
 function parseArgs(argv) {
   const args = { entry: new URL("../../typescript/dist/index.js", import.meta.url).href };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--entry") args.entry = pathToFileURL(argv[++i]).href;
+    else if (argv[i] === "--transport") args.transport = argv[++i];
   }
   return args;
 }
@@ -118,7 +124,7 @@ function resolveOption(value, baseUrl, payload) {
 }
 
 // The options of a case (or of one FallbackLLM endpoint, on its route `prefix`).
-function buildOptions(testCase, payload, prefix = `/ts/${testCase.id}`) {
+function buildOptions(testCase, payload, prefix = `${ROUTE}/${testCase.id}`) {
   const baseUrl = `${payload.origin}${prefix}/v1`;
   const options = {};
   if (!("base_url" in testCase.options)) options.baseUrl = baseUrl;
@@ -126,6 +132,7 @@ function buildOptions(testCase, payload, prefix = `/ts/${testCase.id}`) {
     const resolved = resolveOption(value, baseUrl, payload);
     if (resolved !== DEFAULT) options[camel(name)] = resolved;
   }
+  if (FETCH !== undefined) options.fetch = FETCH;
   return options;
 }
 
@@ -254,7 +261,7 @@ async function runCall(mod, llm, call, records, closes = false, sink = undefined
 }
 
 async function runCaseRaw(mod, testCase, payload) {
-  const records = new Records(payload.origin, `/ts/${testCase.id}`);
+  const records = new Records(payload.origin, `${ROUTE}/${testCase.id}`);
   const raw = { construct_error: null, turns: [] };
   const sink = testCase.collect_metrics ? [] : undefined;
   const endpoints = testCase.fallback;
@@ -274,7 +281,7 @@ async function runCaseRaw(mod, testCase, payload) {
       llm = withEnv(testCase, payload, () => {
         const llms = endpoints.map((e, i) => {
           const Endpoint = mod[PROVIDER_CLASSES[e.provider]];
-          return new Endpoint(buildOptions(e, payload, `/ts/${testCase.id}/e${i}`));
+          return new Endpoint(buildOptions(e, payload, `${ROUTE}/${testCase.id}/e${i}`));
         });
         return new Cls(llms, options);
       });
@@ -316,7 +323,7 @@ async function runCase(mod, testCase, payload) {
   } finally {
     clearTimeout(timer);
   }
-  const records = new Records(payload.origin, `/ts/${testCase.id}`);
+  const records = new Records(payload.origin, `${ROUTE}/${testCase.id}`);
   return {
     runner_error: `the case did not finish within ${limitMs / 1000} s`,
     requests: await records.text(),
@@ -325,6 +332,12 @@ async function runCase(mod, testCase, payload) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  if (args.transport === "fetch") {
+    ROUTE = "/ts-fetch";
+    FETCH = globalThis.fetch;
+  } else if (args.transport !== undefined && args.transport !== "socket") {
+    throw new Error(`unknown --transport ${args.transport}`);
+  }
   const payload = JSON.parse(readFileSync(0, "utf8"));
   const mod = await import(args.entry);
   const out = {};

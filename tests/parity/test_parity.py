@@ -1,9 +1,10 @@
 """Every parity case through both languages' public API, on one mock server.
 
 Per case id: test_python (the Python transcript equals the case's expectation), test_typescript
-(the same for TypeScript) and test_parity (the two transcripts are equal). known_gaps.txt lists
-reviewed exceptions; each one turns the matching test into a strict xfail, so a fixed gap fails
-until its line is removed.
+(the same for TypeScript), test_typescript_fetch (the same for TypeScript through its fetch
+transport: every client gets `fetch: globalThis.fetch`) and test_parity (the Python and TypeScript
+transcripts are equal). known_gaps.txt lists reviewed exceptions; each one turns the matching test
+into a strict xfail, so a fixed gap fails until its line is removed.
 
 The TypeScript side runs the built package (typescript/dist/index.js, `npm run build`); without
 it the TypeScript tests fail, unless BRAINLINE_PARITY_SKIP_TS=1 asks to skip them (for a Python-only
@@ -38,7 +39,7 @@ TS_ENTRY = Path(
     os.environ.get("BRAINLINE_PARITY_TS_ENTRY", runner_py.ROOT / "typescript" / "dist" / "index.js")
 )
 KNOWN_GAPS_FILE = HERE / "known_gaps.txt"
-GAP_SCOPES = ("py", "ts", "parity")
+GAP_SCOPES = ("py", "ts", "ts-fetch", "parity")
 MIN_CASES = 60
 
 CASES = runner_py.load_cases(validate=False)  # validated in test_case_files
@@ -47,7 +48,7 @@ CASES_BY_ID = {case["id"]: case for case in CASES}
 
 
 def load_known_gaps() -> dict[tuple[str, str], str]:
-    """``<case id> <py|ts|parity> <reason>`` per line; '#' starts a comment."""
+    """``<case id> <py|ts|ts-fetch|parity> <reason>`` per line; '#' starts a comment."""
     gaps: dict[tuple[str, str], str] = {}
     for number, line in enumerate(KNOWN_GAPS_FILE.read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -55,7 +56,9 @@ def load_known_gaps() -> dict[tuple[str, str], str]:
             continue
         parts = line.split(None, 2)
         if len(parts) < 3 or parts[1] not in GAP_SCOPES:
-            raise ValueError(f"known_gaps.txt:{number}: want '<case id> <py|ts|parity> <reason>'")
+            raise ValueError(
+                f"known_gaps.txt:{number}: want '<case id> <{'|'.join(GAP_SCOPES)}> <reason>'"
+            )
         gaps[(parts[0], parts[1])] = parts[2]
     return gaps
 
@@ -107,6 +110,17 @@ def _py_transcript(
 @pytest.fixture(scope="session")
 def ts_transcripts(harness: runner_py.Harness) -> dict[str, dict[str, Any]]:
     """All cases through the TypeScript runner: one `node` process for the whole suite."""
+    return _ts_transcripts(harness, "socket")
+
+
+@pytest.fixture(scope="session")
+def ts_fetch_transcripts(harness: runner_py.Harness) -> dict[str, dict[str, Any]]:
+    """All cases through the TypeScript runner's fetch transport: one more `node` process."""
+    return _ts_transcripts(harness, "fetch")
+
+
+def _ts_transcripts(harness: runner_py.Harness, transport: str) -> dict[str, dict[str, Any]]:
+    runner = "ts" if transport == "socket" else "ts-fetch"
     node = shutil.which("node")
     missing = None if node else "node is not installed"
     if TS_ENTRY and not TS_ENTRY.exists():
@@ -118,7 +132,7 @@ def ts_transcripts(harness: runner_py.Harness) -> dict[str, dict[str, Any]]:
     assert node is not None
     payload = {**harness.payload(), "cases": CASES}
     process = subprocess.run(
-        [node, str(TS_RUNNER), "--entry", str(TS_ENTRY)],
+        [node, str(TS_RUNNER), "--entry", str(TS_ENTRY), "--transport", transport],
         input=json.dumps(payload),
         capture_output=True,
         text=True,
@@ -129,7 +143,7 @@ def ts_transcripts(harness: runner_py.Harness) -> dict[str, dict[str, Any]]:
         pytest.fail(f"runner_ts.mjs exited {process.returncode}:\n{process.stderr[-4000:]}")
     raw: dict[str, dict[str, Any]] = json.loads(process.stdout)
     return {
-        case_id: runner_py.normalize(raw[case_id], CASES_BY_ID[case_id], "ts", harness)
+        case_id: runner_py.normalize(raw[case_id], CASES_BY_ID[case_id], runner, harness)
         for case_id in CASE_IDS
         if case_id in raw
     }
@@ -202,6 +216,15 @@ def test_typescript(
     if case_id not in ts_transcripts:
         pytest.fail(f"runner_ts.mjs produced no transcript for {case_id}")
     _check_expectation(case_id, ts_transcripts[case_id], "typescript", harness)
+
+
+@pytest.mark.parametrize("case_id", _params("ts-fetch"))
+def test_typescript_fetch(
+    case_id: str, harness: runner_py.Harness, ts_fetch_transcripts: dict[str, dict[str, Any]]
+) -> None:
+    if case_id not in ts_fetch_transcripts:
+        pytest.fail(f"runner_ts.mjs --transport fetch produced no transcript for {case_id}")
+    _check_expectation(case_id, ts_fetch_transcripts[case_id], "typescript (fetch)", harness)
 
 
 @pytest.mark.parametrize("case_id", _params("parity"))

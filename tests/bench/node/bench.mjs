@@ -119,6 +119,18 @@ const CANDIDATES = {
       );
     };
   },
+  // The same client through its fetch transport (the `fetch` option, Node's own fetch): its figures
+  // beside the socket transport's (issue 15).
+  "brainline (fetch)": async () => {
+    const { OpenAICompatibleLLM } = await import(DIST);
+    return (baseUrl) => {
+      const llm = new OpenAICompatibleLLM({ baseUrl, model: "bench", fetch: globalThis.fetch });
+      return turnOf(
+        (signal, tools) => llm.stream(MESSAGES, tools ? TOOLS : undefined, { signal }),
+        eventChars,
+      );
+    };
+  },
   "openai-node": async () => {
     const { default: OpenAI } = await import("openai");
     return (baseUrl) => {

@@ -15,15 +15,8 @@ import { type Log, envLog } from "./log.js";
 import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import { type Telemetry, telemetryFor } from "./telemetry.js";
-import {
-  AbortedError,
-  type Body,
-  Call,
-  CorruptBodyError,
-  type Reply,
-  Target,
-  joined,
-} from "./transport.js";
+import { type AnyCall, type AnyTarget, targetOf } from "./fetch.js";
+import { AbortedError, type Body, CorruptBodyError, type Reply, joined } from "./transport.js";
 import { INSPECT, type Inspect, freezeConfig, masked } from "./validate.js";
 
 /** Per-call options of stream() and complete(). */
@@ -63,6 +56,8 @@ const PROGRESS = new Set<string>(["text", "tool_call", "reasoning"]);
 /** The connect phase's cap, in ms: a shorter `timeout` ends it sooner. */
 const CONNECT_CAP_MS = CONNECT_TIMEOUT_CAP * 1000;
 const CORRUPT_BODY = "the compressed body does not decompress";
+/** Request bodies as UTF-8 (TextEncoder, not Buffer: the fetch transport runs where Buffer is not). */
+const UTF8 = new TextEncoder();
 
 type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
 
@@ -76,7 +71,7 @@ type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
  */
 class Exchange {
   /** This attempt's request, once sent. */
-  call: Call | undefined = undefined;
+  call: AnyCall | undefined = undefined;
   /** This attempt was aborted (cancelled, timed out, or a clock ran out). */
   aborted = false;
   cancelled = false;
@@ -288,7 +283,7 @@ export class BaseLLM {
   private readonly requestUrl: string;
   private readonly modelsUrl: string;
   /** requestUrl taken apart, on the first turn (a URL node cannot parse fails that turn). */
-  private target: Target | undefined = undefined;
+  private target: AnyTarget | undefined = undefined;
   // The dialect this endpoint speaks; in "auto" mode a 400/422 naming a field changes it.
   private sendStreamOptions: boolean;
   private maxTokensKey: string;
@@ -498,7 +493,7 @@ export class BaseLLM {
   /** Open a connection ahead of the first turn: GET {baseUrl}/models. Never throws. */
   async warmup(): Promise<void> {
     const config = this.llmConfig;
-    let call: Call | undefined;
+    let call: AnyCall | undefined;
     let expired = false;
     const timer = setTimeout(() => {
       expired = true;
@@ -507,9 +502,9 @@ export class BaseLLM {
     try {
       const headers: [string, string][] = [["User-Agent", utf8ByteString(config.userAgent)]];
       if (config.apiKey) headers.push(["Authorization", utf8ByteString(`Bearer ${config.apiKey}`)]);
-      const target = await Target.of(this.modelsUrl);
+      const target = await targetOf(this.modelsUrl, config.fetch);
       if (expired) return;
-      call = new Call(target, "GET", headers, undefined, WARMUP_TIMEOUT * 1000);
+      call = target.call("GET", headers, undefined, WARMUP_TIMEOUT * 1000);
       // Read the answer to its end so the connection stays in the pool.
       const reader = (await call.reply).body;
       if (reader !== undefined) while ((await reader.read()) !== undefined) {}
@@ -551,16 +546,16 @@ export class BaseLLM {
     const config = this.llmConfig;
     let retries = 0;
     let budget = config.retryBudget;
-    let payload = Buffer.from(body);
+    let payload = UTF8.encode(body);
     for (;;) {
       let response: Reply | undefined;
       let error: BrainlineError | undefined;
       exchange.startWait();
       try {
-        if (this.target === undefined) this.target = await Target.of(this.requestUrl);
+        this.target ??= await targetOf(this.requestUrl, this.llmConfig.fetch);
         // Cancelled, or a clock ran out, before the request.
         if (exchange.aborted) throw new AbortedError();
-        exchange.call = new Call(this.target, "POST", headers, payload, CONNECT_CAP_MS);
+        exchange.call = this.target.call("POST", headers, payload, CONNECT_CAP_MS);
         meter.attempts++;
         if (this.log.debugOn) this.log.debug(`request POST ${this.url} attempt ${meter.attempts}`);
         response = await exchange.call.reply;
@@ -601,7 +596,7 @@ export class BaseLLM {
         code = failure.code;
         if (this.adaptDialect(failure)) {
           this.log.debug(`HTTP ${failure.status} names a field the endpoint rejects: retrying`);
-          payload = Buffer.from(this.requestBody(messages, tools, callId));
+          payload = UTF8.encode(this.requestBody(messages, tools, callId));
           exchange.renew();
           continue;
         }

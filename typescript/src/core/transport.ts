@@ -78,6 +78,16 @@ export class Target {
     this.servername = net.isIP(this.hostname) ? undefined : this.hostname;
   }
 
+  /** A request to this target (fetch.ts's FetchTarget has the same method). */
+  call(
+    method: string,
+    headers: readonly (readonly [string, string])[],
+    payload: Uint8Array | undefined,
+    connectMs: number,
+  ): Call {
+    return new Call(this, method, headers, payload, connectMs);
+  }
+
   /** Close the idle keep-alive connections to this origin (those in use finish first). */
   closeIdle(): void {
     for (const connection of [...(idle.get(this.origin) ?? [])]) connection.destroy();

@@ -15,7 +15,6 @@ import { builtinModules } from "node:module";
 import { dirname, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
-import { ConfigError, CustomLLM } from "brainline";
 import { MockServer } from "brainline/testing";
 import { SCRIPT } from "./check.mjs";
 
@@ -125,18 +124,6 @@ function withTimeout(promise, seconds) {
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
-/** Why this build cannot be checked through the fetch transport, or null when it can. The fetch
- * option lands with issue 15's fetch transport; until then those runs are skipped, and say so. */
-function fetchPending() {
-  try {
-    new CustomLLM({ baseUrl: "http://127.0.0.1:9/v1", model: "m", fetch: globalThis.fetch });
-    return null;
-  } catch (err) {
-    if (err instanceof ConfigError && err.code === "unknown_option") return "this build has no fetch option";
-    throw err;
-  }
-}
-
 /** What the server recorded must agree: four turns, and the barge-in's connection closed by the
  * client before its response ended. */
 function checkServer(server) {
@@ -156,18 +143,12 @@ async function main() {
   console.log(`pinned: ${pins.join(", ")}; driver node ${process.versions.node}`);
   const server = new MockServer(SCRIPT);
   await server.start();
-  const results = { passed: 0, failed: 0, skipped: 0 };
-  const pending = fetchPending();
+  const results = { passed: 0, failed: 0 };
   try {
     for (const name of names) {
       const runtime = RUNTIMES[name];
       const transports = runtime.transports ?? ["socket", "fetch"];
       for (const transport of transports.filter((t) => !args.transport || t === args.transport)) {
-        if (transport !== "socket" && pending) {
-          console.log(`SKIP ${name.padEnd(17)} ${transport.padEnd(6)} ${pending}`);
-          results.skipped += 1;
-          continue;
-        }
         server.reset();
         const started = performance.now();
         try {
@@ -189,8 +170,7 @@ async function main() {
     await Promise.allSettled([...workers.values()].map((mf) => mf.dispose()));
     await server.stop();
   }
-  const skipped = results.skipped ? `, ${results.skipped} skipped` : "";
-  console.log(`${results.passed} passed, ${results.failed} failed${skipped}`);
+  console.log(`${results.passed} passed, ${results.failed} failed`);
   process.exitCode = results.failed ? 1 : 0;
 }
 

@@ -63,6 +63,7 @@ WRONG_TYPE: dict[str, Any] = {
     "session_key_factory": "not a function",
     "metrics_callback": "not a function",
     "fetch_function": "not a function",
+    "logger": 42,
 }
 FROM_ENV = "from-env"
 

@@ -118,6 +118,7 @@ PY_TYPES = {
     "session_key_factory": "Callable[[SessionContext], str | None]",
     "metrics_callback": "Callable[[TurnMetrics], object]",
     "fetch_function": "Callable[..., Any]",
+    "logger": "Any",
 }
 TS_TYPES = {
     "string": "string",
@@ -132,6 +133,7 @@ TS_TYPES = {
     "session_key_factory": "((ctx: SessionContext) => string | null | undefined)",
     "metrics_callback": "((metrics: TurnMetrics) => void)",
     "fetch_function": "typeof globalThis.fetch",
+    "logger": "Logger",
 }
 
 PYTHON = Language("python", "None")

@@ -11,7 +11,7 @@ import { TurnState, cut, isObject } from "./chunks.js";
 import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors.js";
 import { type Event, type FinishEvent, type Turn, collectTurn } from "./events.js";
 import { resolveSessionKey, sessionContext } from "./session.js";
-import { type Log, envLog } from "./log.js";
+import { type Log, logFor } from "./log.js";
 import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import { type Telemetry, telemetryFor } from "./telemetry.js";
@@ -275,8 +275,8 @@ export class BaseLLM {
   static readonly genaiProviderName: string = "";
 
   private readonly llmConfig: LLMConfig;
-  /** Debug logs (BRAINLINE_LOG). */
-  private readonly log: Log = envLog();
+  /** Debug logs (the logLevel and logger options, BRAINLINE_LOG). */
+  private readonly log: Log;
   private readonly active = new Set<Exchange>();
   /** In messages: without extraQuery. */
   private readonly url: string;
@@ -292,6 +292,7 @@ export class BaseLLM {
 
   constructor(config: LLMConfig) {
     this.llmConfig = Object.isFrozen(config) ? config : freezeConfig({ ...config }, SECRET_FIELDS);
+    this.log = logFor(this.llmConfig.logLevel, this.llmConfig.logger);
     const base = this.llmConfig.baseUrl.replace(/\/+$/, "");
     const query = queryString(this.llmConfig.extraQuery);
     this.url = `${base}/chat/completions`;

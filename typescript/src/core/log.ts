@@ -70,6 +70,12 @@ export function envLog(): Log {
   return fromEnv;
 }
 
+/** A client's log: its `logLevel` and `logger` options, BRAINLINE_LOG and stderr for what is unset. */
+export function logFor(level: string | undefined, logger: Logger | undefined): Log {
+  if (level === undefined && logger === undefined) return envLog();
+  return new Log(level === undefined ? envLevel() : (LEVELS[level] ?? WARNING), logger);
+}
+
 function value(v: unknown): string {
   if (v === null || v === undefined) return "-";
   return String(v);

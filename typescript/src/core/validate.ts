@@ -27,6 +27,11 @@ const TYPE_CHECKS: Record<string, Check> = {
   session_key_factory: (v) => typeof v === "function",
   metrics_callback: (v) => typeof v === "function",
   fetch_function: (v) => typeof v === "function",
+  logger: (v) =>
+    isPlainObject(v) &&
+    typeof v.debug === "function" &&
+    typeof v.info === "function" &&
+    typeof v.warn === "function",
 };
 
 function env(name: string): string | undefined {

@@ -97,3 +97,41 @@ it("gives an all-failed fallback turn one failed record", async () => {
   expect([record.endpoint, record.attempts]).toEqual([1, 2]);
   expect(record.finish_reason).toBeNull();
 });
+
+it("logs through the logger option at the logLevel option's level, never a key", async () => {
+  server.addRoute("/l/", { text: ["Hi"], headers: { "x-request-id": "r-l" } });
+  const lines: string[] = [];
+  const logger = {
+    debug: (m: string) => lines.push(`debug ${m}`),
+    info: (m: string) => lines.push(`info ${m}`),
+    warn: (m: string) => lines.push(`warn ${m}`),
+  };
+  const llm = new CustomLLM({
+    baseUrl: `${server.origin}/l/v1`,
+    model: "m",
+    apiKey: "sk-never-logged",
+    logLevel: "debug",
+    logger,
+  });
+  await drain(llm.stream(MESSAGES));
+  const quiet = new CustomLLM({
+    baseUrl: `${server.origin}/l/v1`,
+    model: "m",
+    logLevel: "off",
+    logger,
+  });
+  await drain(quiet.stream(MESSAGES));
+  expect(lines.map((line) => line.split(" ").slice(0, 3).join(" "))).toEqual([
+    "debug request POST",
+    "debug answer HTTP",
+    "info turn finished",
+  ]);
+  expect(lines[2]).toContain("request_id=r-l");
+  expect(lines.join("\n")).not.toContain("sk-never-logged");
+});
+
+it("refuses a logLevel or a logger it cannot use", () => {
+  const base = { baseUrl: `${server.origin}/l/v1`, model: "m" };
+  expect(() => new CustomLLM({ ...base, logLevel: "verbose" })).toThrow(/logLevel must be one of/);
+  expect(() => new CustomLLM({ ...base, logger: console.log as never })).toThrow(/a logger/);
+});

@@ -33,8 +33,8 @@ const RUNTIMES = {
   // --allow-env: brainline reads BRAINLINE_LOG, the proxy variables and api_key_env.
   deno: { expect: "deno ", command: [join(BIN, ".bin/deno"), "run", "--allow-net=127.0.0.1", "--allow-env"] },
   workerd: { expect: "workerd", worker: ["nodejs_compat"] },
-  // Not in the default set: without nodejs_compat the client should fall back to fetch on its own.
-  "workerd-no-compat": { expect: "workerd", worker: [], transports: ["auto", "fetch"], optional: true },
+  // Without nodejs_compat there is no node:net: the client falls back to fetch on its own ("auto").
+  "workerd-no-compat": { expect: "workerd", worker: [], transports: ["auto", "fetch"] },
 };
 
 function parseArgs(argv) {

@@ -4,6 +4,7 @@
 // times: never a header, a key, a session key or a caller.
 
 import { LOG_ENV } from "../generated/constants.js";
+import { readEnv } from "./validate.js";
 
 /** Where log lines go: console-like (pino, winston and console all fit). */
 export interface Logger {
@@ -57,8 +58,7 @@ export class Log {
 }
 
 function envLevel(): number {
-  const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
-  const value = proc?.env?.[LOG_ENV]?.trim().toLowerCase() ?? "";
+  const value = readEnv(LOG_ENV)?.trim().toLowerCase() ?? "";
   return LEVELS[value] ?? WARNING;
 }
 

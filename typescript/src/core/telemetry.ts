@@ -17,6 +17,7 @@ import type { LLMConfig } from "../generated/options.js";
 import { TurnState } from "./chunks.js";
 import { type Event, type ToolCallEvent, assembleToolCalls } from "./events.js";
 import type { TurnMeter, TurnMetrics } from "./metrics.js";
+import { readEnv } from "./validate.js";
 
 // The GenAI semantic conventions, v1.41.0.
 const SCOPE = "brainline";
@@ -78,8 +79,7 @@ type Attributes = Record<string, OTel.AttributeValue>;
 type Json = Record<string, unknown>;
 
 function env(name: string): string {
-  const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
-  return (proc?.env?.[name] ?? "").trim().toLowerCase();
+  return (readEnv(name) ?? "").trim().toLowerCase();
 }
 
 /** The `telemetry` option; unset: TELEMETRY_ENV is "1" or "true" (any case). */

@@ -34,10 +34,20 @@ const TYPE_CHECKS: Record<string, Check> = {
     typeof v.warn === "function",
 };
 
-function env(name: string): string | undefined {
-  const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
-  return proc?.env?.[name];
+/**
+ * An environment variable, or undefined: where there is no `process` (browsers, Workers) or
+ * reading it is refused (Deno without --allow-env throws NotCapable), it is unset.
+ */
+export function readEnv(name: string): string | undefined {
+  try {
+    const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+    return proc?.env?.[name];
+  } catch {
+    return undefined;
+  }
 }
+
+const env = readEnv;
 
 /** The options argument must be an object. */
 export function checkOptions(options: unknown): void {

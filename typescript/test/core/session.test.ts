@@ -1,6 +1,12 @@
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { LLMConfig } from "../../src/generated/options.js";
-import { type SessionContext, hashCaller, resolveSessionKey } from "../../src/core/session.js";
+import {
+  type SessionContext,
+  hashCaller,
+  resolveSessionKey,
+  sha256Hex,
+} from "../../src/core/session.js";
 
 function config(overrides: Partial<LLMConfig> = {}): LLMConfig {
   return {
@@ -85,5 +91,19 @@ describe("resolveSessionKey", () => {
     expect(resolveSessionKey(config({ sessionKey: "s" }), ctx(undefined))).toBe("s");
     expect(resolveSessionKey(config({ sessionKey: "" }), ctx(undefined))).toBeUndefined();
     expect(resolveSessionKey(config(), ctx("+1"))).toBeUndefined();
+  });
+});
+
+describe("sha256Hex (no node:crypto: browsers, Workers without nodejs_compat)", () => {
+  it("equals node:crypto's sha256 on every length around the block boundaries and on UTF-8", () => {
+    const samples = ["", "abc", "+15551234567", "é☕𝄞", "x".repeat(1000)];
+    for (let n = 0; n <= 200; n++) samples.push("a".repeat(n), "é".repeat(n));
+    for (const text of samples) {
+      expect(sha256Hex(text)).toBe(createHash("sha256").update(text, "utf8").digest("hex"));
+    }
+  });
+
+  it("keeps the known caller hash", () => {
+    expect(hashCaller("+15551234567")).toBe("8a59780bb8cd2ba0");
   });
 });

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -43,6 +44,21 @@ def _npm(session: nox.Session, *args: str) -> None:
     session.run("npm", "--prefix", TS, "run", *args, external=True)
 
 
+def _tinyproxy(session: nox.Session) -> None:
+    """The proxy tests' real proxy: Debian's tinyproxy, installed when missing and this machine
+    can (root with apt-get, as CI). Elsewhere those tests are skipped, except under CI=true."""
+    if shutil.which("tinyproxy") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    install = "apt-get install -y -q --no-install-recommends tinyproxy >/dev/null"
+    session.run(
+        "sh",
+        "-c",
+        f"{install} || (apt-get update -q >/dev/null && {install})",
+        external=True,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
 @nox.session
 def generate(session: nox.Session) -> None:
     """Regenerate every generated file from spec/ (then commit the result)."""
@@ -70,6 +86,7 @@ def tests(session: nox.Session) -> None:
     """The whole suite: Python unit tests, codegen tests, TypeScript tests and the parity cases."""
     session.install(*_group("test"))
     session.install("-e", "python")
+    _tinyproxy(session)
     _npm_ci(session)
     _npm(session, "build")  # the parity runner drives the built package, as users get it
     session.run("python", "-m", "pytest", "-q", *session.posargs)

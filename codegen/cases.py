@@ -26,6 +26,7 @@ EXAMPLE_PARAMS: dict[str, Any] = {
     "minimum": 0,
     "maximum": 2,
     "url": "http://127.0.0.1:8642/v1",
+    "proxy": "http://127.0.0.1:3128",
     "timeout": 120,
     "status": 503,
     "detail": "overloaded",
@@ -64,6 +65,7 @@ WRONG_TYPE: dict[str, Any] = {
     "metrics_callback": "not a function",
     "fetch_function": "not a function",
     "logger": 42,
+    "http_client": "not a client",
 }
 FROM_ENV = "from-env"
 

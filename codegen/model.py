@@ -132,6 +132,7 @@ class OptionType(Enum):
     session_key_factory = "session_key_factory"
     metrics_callback = "metrics_callback"
     fetch_function = "fetch_function"
+    http_client = "http_client"
     logger = "logger"
 
 

@@ -103,7 +103,7 @@ class Language:
 
 # Params inserted into messages as-is (names, URLs, details, and any `*_name`); every other
 # param goes through format_value. The runtimes keep the same list (docs/runtime.md).
-RAW_PARAMS = frozenset({"option", "url", "detail", "what", "expected", "null", "pattern"})
+RAW_PARAMS = frozenset({"option", "url", "proxy", "detail", "what", "expected", "null", "pattern"})
 
 PY_TYPES = {
     "string": "str",
@@ -119,6 +119,7 @@ PY_TYPES = {
     "metrics_callback": "Callable[[TurnMetrics], object]",
     "fetch_function": "Callable[..., Any]",
     "logger": "Any",
+    "http_client": "httpx.AsyncClient",
 }
 TS_TYPES = {
     "string": "string",
@@ -134,6 +135,7 @@ TS_TYPES = {
     "metrics_callback": "((metrics: TurnMetrics) => void)",
     "fetch_function": "typeof globalThis.fetch",
     "logger": "Logger",
+    "http_client": "never",
 }
 
 PYTHON = Language("python", "None")

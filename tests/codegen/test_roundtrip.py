@@ -136,7 +136,12 @@ def test_a_one_language_option_is_only_in_that_language(root: Path) -> None:
     docs = (root / "docs/reference/providers.md").read_text(encoding="utf-8")
     assert "fetch?: typeof globalThis.fetch;" in ts
     assert "readonly fetch: typeof globalThis.fetch" in ts_options
-    assert "| `fetch` / `fetch` | fetch_function |" in docs
+    assert "| `fetch` (TypeScript only) | fetch_function |" in docs
     assert not re.search(r"\bfetch\b", py + py_options)
+    # And Python's `http_client` (`languages: [python]`) the other way round.
+    assert "http_client: httpx.AsyncClient | None = None," in py
+    assert "http_client: httpx.AsyncClient | None" in py_options
+    assert "| `http_client` (Python only) | http_client |" in docs
+    assert not re.search(r"http_?client", ts + ts_options, re.IGNORECASE)
     for rel in ("python/tests/generated/test_spec.py", "typescript/test/generated/spec.test.ts"):
         assert "__fetch" not in (root / rel).read_text(encoding="utf-8")

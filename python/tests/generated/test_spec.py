@@ -17050,6 +17050,24 @@ def test_errors__connection_error() -> None:
     assert str(err) == "could not connect to http://127.0.0.1:8642/v1"
 
 
+def test_errors__proxy_error() -> None:
+    err = make_error(
+        "proxy_error",
+        **{
+            "url": "http://127.0.0.1:8642/v1",
+            "proxy": "http://127.0.0.1:3128",
+            "detail": "overloaded",
+        },
+    )
+    assert type(err).__name__ == "APIConnectionError"
+    assert isinstance(err, brainline.BrainlineError)
+    assert err.code == "proxy_error"
+    assert (
+        str(err)
+        == "could not reach http://127.0.0.1:8642/v1 through the proxy http://127.0.0.1:3128: overloaded"
+    )
+
+
 def test_errors__connect_timeout() -> None:
     err = make_error("connect_timeout", **{"url": "http://127.0.0.1:8642/v1", "timeout": 120})
     assert type(err).__name__ == "APITimeoutError"

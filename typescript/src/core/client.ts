@@ -16,7 +16,16 @@ import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import { type Telemetry, telemetryFor } from "./telemetry.js";
 import { type AnyCall, type AnyTarget, targetOf } from "./fetch.js";
-import { AbortedError, type Body, CorruptBodyError, type Reply, joined } from "./transport.js";
+import {
+  AbortedError,
+  type Body,
+  CorruptBodyError,
+  ProxyError,
+  type Reply,
+  Target,
+  joined,
+  proxyAnswered,
+} from "./transport.js";
 import { INSPECT, type Inspect, freezeConfig, masked } from "./validate.js";
 
 /** Per-call options of stream() and complete(). */
@@ -591,6 +600,15 @@ export class BaseLLM {
         if (exchange.failover && wait > 0) throw failure; // FallbackLLM: the next endpoint, now
       } else {
         if (response.status >= 200 && response.status <= 299) return response;
+        // A 407 can only be the proxy's (an http request in absolute form): never retried.
+        const proxy = this.target instanceof Target ? this.target.proxy : undefined;
+        if (response.status === 407 && proxy !== undefined) {
+          throw makeError("proxy_error", {
+            url: this.url,
+            proxy: proxy.url,
+            detail: proxyAnswered(407),
+          });
+        }
         const failure = (await this.statusError(response, exchange, this.url)) as APIStatusError;
         if (exchange.cancelled) return undefined;
         if (exchange.clock !== undefined) throw exchange.clockError(this.url);
@@ -740,6 +758,9 @@ export class BaseLLM {
       });
     }
     if (exchange.timedOut) return makeError("read_timeout", { url, timeout, cause: err });
+    if (err instanceof ProxyError) {
+      return makeError("proxy_error", { url, proxy: err.proxy, detail: err.detail, cause: err });
+    }
     return makeError("connection_error", { url, cause: err });
   }
 

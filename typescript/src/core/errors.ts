@@ -120,6 +120,7 @@ export class AllEndpointsFailedError extends BrainlineError {
 const VERBATIM_PARAMS: ReadonlySet<string> = new Set([
   "option",
   "url",
+  "proxy",
   "detail",
   "what",
   "expected",
@@ -134,10 +135,10 @@ const NULL_WORD = "undefined";
 /**
  * The error for `code`, its class and message template taken from ERRORS.
  *
- * Every param is formatted with formatValue, except those named `option`, `url`, `detail`, `what`,
- * `expected`, `null`, `pattern` or ending in `_name`, which are inserted as they are. A placeholder
- * without a param stays as written, except `{null}`, which defaults to "undefined". Params that are
- * not placeholders are ignored by the message; `status`, `body` and `retryAfter` (APIStatusError),
+ * Every param is formatted with formatValue, except those named `option`, `url`, `proxy`,
+ * `detail`, `what`, `expected`, `null`, `pattern` or ending in `_name`, which are inserted as
+ * they are. A placeholder without a param stays as written, except `{null}`, which defaults to
+ * "undefined". Params that are not placeholders are ignored by the message; `status`, `body` and `retryAfter` (APIStatusError),
  * `partialText` (StreamError), `errors` (AllEndpointsFailedError) and `cause` (any class) become
  * properties.
  */

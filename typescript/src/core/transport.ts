@@ -16,6 +16,7 @@ import type * as net from "node:net";
 import type * as tls from "node:tls";
 import type * as zlib from "node:zlib";
 import { KEEPALIVE_EXPIRY } from "../generated/constants.js";
+import { type ProxyServer, proxyFor } from "./proxy.js";
 
 /**
  * An idle pooled connection is closed after KEEPALIVE_EXPIRY (or sooner when the server's
@@ -55,12 +56,17 @@ const idle = new Map<string, Connection[]>();
 export class Target {
   readonly hostname: string;
   readonly port: number;
-  /** Path and query. */
+  /** The request target: path and query, or the absolute URL to an http proxy (RFC 9112 §3.2.2). */
   readonly path: string;
   /** The Host header: the host, and the port unless it is the scheme's default. */
   readonly host: string;
-  /** The pool's key. */
+  /** The pool's key: the origin, and the proxy (tunnelled and direct connections never mix). */
   readonly origin: string;
+  /**
+   * The proxy the requests go through (from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY,
+   * read once, here), or undefined: https in a CONNECT tunnel, http in absolute form.
+   */
+  readonly proxy: ProxyServer | undefined;
   /** TLS server name (SNI): the host name, none for an IP address. */
   readonly servername: string | undefined;
 
@@ -72,9 +78,11 @@ export class Target {
     // An IPv6 literal comes bracketed ("[::1]"); the socket wants it bare.
     this.hostname = parsed.hostname.replace(/^\[(.*)\]$/, "$1");
     this.port = parsed.port ? Number(parsed.port) : tls ? 443 : 80;
-    this.path = `${parsed.pathname}${parsed.search}`;
     this.host = parsed.host;
-    this.origin = `${tls ? "https" : "http"}://${parsed.host}`;
+    const origin = `${tls ? "https" : "http"}://${parsed.host}`;
+    this.proxy = proxyFor(parsed);
+    this.path = `${this.proxy !== undefined && !tls ? origin : ""}${parsed.pathname}${parsed.search}`;
+    this.origin = this.proxy === undefined ? origin : `${origin} via ${this.proxy.key}`;
     this.servername = net.isIP(this.hostname) ? undefined : this.hostname;
   }
 
@@ -142,6 +150,32 @@ export class ProtocolError extends Error {
     super(message);
     this.name = "ProtocolError";
   }
+}
+
+/**
+ * The proxy failed the request before the endpoint could answer: unreachable, or a non-2xx
+ * answer to CONNECT (`detail` says which; a 407 to an http request in absolute form is the
+ * client's to tell).
+ */
+export class ProxyError extends Error {
+  readonly code = "PROXY_ERROR";
+  constructor(
+    /** The proxy's URL, without credentials. */
+    readonly proxy: string,
+    readonly detail: string,
+    cause?: unknown,
+  ) {
+    super(`proxy ${proxy}: ${detail}`, cause === undefined ? undefined : { cause });
+    this.name = "ProxyError";
+  }
+}
+
+/** ProxyError's detail when no connection to the proxy could be made. */
+export const PROXY_UNREACHABLE = "no connection to the proxy";
+
+/** ProxyError's detail for a proxy's answer. */
+export function proxyAnswered(status: number): string {
+  return `the proxy answered HTTP ${status}`;
 }
 
 function connectionLost(): Error {
@@ -222,6 +256,14 @@ export class Body {
   }
 }
 
+/** Write a request's head and body in one go. */
+function send(socket: net.Socket, text: string, payload: Uint8Array | undefined): void {
+  socket.cork();
+  socket.write(text, "latin1");
+  if (payload !== undefined && payload.byteLength > 0) socket.write(payload);
+  socket.uncork();
+}
+
 /** The first `size` bytes of `pieces`, in one array. */
 export function joined(pieces: readonly Uint8Array[], size: number): Uint8Array {
   const out = new Uint8Array(size);
@@ -268,6 +310,11 @@ export class Call {
   /** Some byte of an answer arrived. */
   answered = false;
   private connection: Connection | undefined;
+  /** The socket to the proxy while it has not answered CONNECT yet. */
+  private tunnelSocket: net.Socket | undefined = undefined;
+  /** http through a proxy: the connection goes to the proxy, the request in absolute form. */
+  private readonly forwarded: boolean;
+  private readonly proxyUrl: string;
   private resolveReply!: (reply: Reply | PromiseLike<Reply>) => void;
   private rejectReply!: (err: Error) => void;
   private body: Body | undefined = undefined;
@@ -319,22 +366,34 @@ export class Call {
     }
     if (!accept) text += "Accept: */*\r\n";
     text += `Accept-Encoding: ${ACCEPT_ENCODING}\r\nConnection: keep-alive\r\n`;
+    const proxy = target.proxy;
+    this.forwarded = proxy !== undefined && target.tls === undefined;
+    this.proxyUrl = proxy?.url ?? "";
+    if (this.forwarded && proxy?.authorization !== undefined) {
+      text += `Proxy-Authorization: ${proxy.authorization}\r\n`;
+    }
     if (payload !== undefined) text += `Content-Length: ${payload.byteLength}\r\n`;
     text += "\r\n";
     this.reply = new Promise<Reply>((resolve, reject) => {
       this.resolveReply = resolve;
       this.rejectReply = reject;
     });
+    if (proxy?.unusable !== undefined) {
+      this.reused = false;
+      this.phase = "done";
+      this.rejectReply(new ProxyError(proxy.url, proxy.unusable));
+      return;
+    }
     const pooled = Connection.take(target);
     this.reused = pooled !== undefined;
+    if (pooled === undefined && proxy !== undefined && !this.forwarded) {
+      this.tunnel(target, proxy, text, payload);
+      return;
+    }
     const connection = pooled ?? this.open(target);
     this.connection = connection;
     connection.start(this);
-    const socket = connection.socket;
-    socket.cork();
-    socket.write(text, "latin1");
-    if (payload !== undefined && payload.byteLength > 0) socket.write(payload);
-    socket.uncork();
+    send(connection.socket, text, payload);
   }
 
   /** End the request now, closing its connection (unless its body was read to the end). */
@@ -350,9 +409,12 @@ export class Call {
     this.decoder?.destroy();
     this.connection?.destroy();
     this.connection = undefined;
+    this.tunnelSocket?.destroy();
+    this.tunnelSocket = undefined;
   }
 
   private open(target: Target): Connection {
+    const proxy = this.forwarded ? target.proxy : undefined;
     const socket = target.tls
       ? target.tls.connect({
           host: target.hostname,
@@ -360,11 +422,98 @@ export class Call {
           servername: target.servername,
           ALPNProtocols: ["http/1.1"],
         })
-      : target.net.connect({ host: target.hostname, port: target.port });
+      : target.net.connect({
+          host: proxy?.hostname ?? target.hostname,
+          port: proxy?.port ?? target.port,
+        });
     this.connecting = true;
     socket.once(target.tls ? "secureConnect" : "connect", this.onConnect);
     this.connectTimer = setTimeout(this.onConnectTimeout, this.connectMs);
     return new Connection(target.origin, socket);
+  }
+
+  /**
+   * https through a proxy: CONNECT to the proxy, then TLS with the endpoint inside the tunnel
+   * (RFC 9110 §9.3.6), then the request. The connect phase (and its timer) covers all three.
+   */
+  private tunnel(
+    target: Target,
+    proxy: ProxyServer,
+    text: string,
+    payload: Uint8Array | undefined,
+  ): void {
+    const raw = target.net.connect({ host: proxy.hostname, port: proxy.port });
+    raw.setNoDelay(true);
+    this.tunnelSocket = raw;
+    this.connecting = true;
+    this.connectTimer = setTimeout(this.onConnectTimeout, this.connectMs);
+    const authority = `${target.hostname.includes(":") ? `[${target.hostname}]` : target.hostname}:${target.port}`;
+    let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`;
+    if (proxy.authorization !== undefined) {
+      head += `Proxy-Authorization: ${proxy.authorization}\r\n`;
+    }
+    raw.write(`${head}\r\n`, "latin1");
+    let reached = false;
+    let received: Uint8Array | undefined;
+    const settle = (err: Error | undefined): void => {
+      raw.off("connect", onReached);
+      raw.off("data", onData);
+      raw.off("error", onError);
+      raw.off("close", onClose);
+      this.tunnelSocket = undefined;
+      if (err === undefined) return;
+      raw.destroy();
+      this.broken(err);
+    };
+    const onReached = (): void => {
+      reached = true;
+    };
+    // Unreachable: the proxy's fault. Reached, then lost before an answer: a connection error.
+    const onError = (err: Error): void =>
+      settle(reached ? err : new ProxyError(proxy.url, PROXY_UNREACHABLE, err));
+    const onClose = (): void =>
+      settle(reached ? connectionLost() : new ProxyError(proxy.url, PROXY_UNREACHABLE));
+    const onData = (chunk: Buffer): void => {
+      const piece = plain(chunk);
+      received =
+        received === undefined ? piece : joined([received, piece], received.length + piece.length);
+      const end = indexOfHeadEnd(received);
+      if (end === -1) {
+        if (received.length > MAX_HEAD_BYTES) settle(new ProtocolError("response head too large"));
+        return;
+      }
+      const line = Buffer.from(received.buffer, received.byteOffset, end).toString("latin1");
+      const match = STATUS_LINE.exec(line.split("\r\n", 1)[0] ?? "");
+      if (match === null) {
+        settle(new ProtocolError("bad status line"));
+        return;
+      }
+      const status = Number(match[2]);
+      if (status < 200 || status > 299) {
+        settle(new ProxyError(proxy.url, proxyAnswered(status)));
+        return;
+      }
+      // The endpoint speaks first only after the ClientHello: bytes here are the proxy's error.
+      if (end + 4 !== received.length) {
+        settle(new ProtocolError("bytes after CONNECT"));
+        return;
+      }
+      settle(undefined);
+      const socket = (target.tls as Tls).connect({
+        socket: raw,
+        servername: target.servername,
+        ALPNProtocols: ["http/1.1"],
+      });
+      socket.once("secureConnect", this.onConnect);
+      const connection = new Connection(target.origin, socket);
+      this.connection = connection;
+      connection.start(this);
+      send(socket, text, payload);
+    };
+    raw.once("connect", onReached);
+    raw.on("data", onData);
+    raw.on("error", onError);
+    raw.on("close", onClose);
   }
 
   private readonly onConnect = (): void => {
@@ -410,6 +559,10 @@ export class Call {
     this.connection = undefined;
     if (this.phase === "body" && this.framing === "close" && err === undefined) {
       this.complete(false);
+      return;
+    }
+    if (this.forwarded && this.connecting) {
+      this.broken(new ProxyError(this.proxyUrl, PROXY_UNREACHABLE, err));
       return;
     }
     this.broken(err ?? connectionLost());

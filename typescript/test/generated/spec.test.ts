@@ -18629,6 +18629,20 @@ test("test_errors__connection_error", () => {
   expect(err.message).toBe("could not connect to http://127.0.0.1:8642/v1");
 });
 
+test("test_errors__proxy_error", () => {
+  const err = makeError("proxy_error", {
+    url: "http://127.0.0.1:8642/v1",
+    proxy: "http://127.0.0.1:3128",
+    detail: "overloaded",
+  });
+  expect(err.constructor.name).toBe("APIConnectionError");
+  expect(err).toBeInstanceOf(brainline.BrainlineError);
+  expect(err.code).toBe("proxy_error");
+  expect(err.message).toBe(
+    "could not reach http://127.0.0.1:8642/v1 through the proxy http://127.0.0.1:3128: overloaded",
+  );
+});
+
 test("test_errors__connect_timeout", () => {
   const err = makeError("connect_timeout", { url: "http://127.0.0.1:8642/v1", timeout: 120 });
   expect(err.constructor.name).toBe("APITimeoutError");

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -341,6 +342,12 @@ class BaseLLM:
         setup_from_env()
         self._config = config
         self._client: httpx.AsyncClient | None = None
+        # The proxy the client sends the turns through (URL without credentials), read in _open.
+        self._proxy: str | None = None
+        timeout = config.timeout
+        # Set on every request: a client given as `http_client` keeps its own defaults otherwise.
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP))
+        self._timeouts = self._timeout.as_dict()
         self._sweeps: set[asyncio.Task[None]] = set()  # _close_stranded runs after a cancel
         base = config.base_url.rstrip("/")
         query = _query_string(config.extra_query)
@@ -597,12 +604,13 @@ class BaseLLM:
     async def aclose(self) -> None:
         """Close the connection pool; turns still running end as if cancelled.
 
-        The instance stays usable: a later turn opens a new pool.
+        The instance stays usable: a later turn opens a new pool. A client given as `http_client`
+        is left open (its owner closes it), and so are the turns running on it.
         """
         client, self._client = self._client, None
         if self._sweeps:
             await asyncio.gather(*self._sweeps, return_exceptions=True)
-        if client is not None:
+        if client is not None and client is not self._config.http_client:
             await client.aclose()
 
     async def __aenter__(self) -> BaseLLM:
@@ -619,16 +627,23 @@ class BaseLLM:
     # -- the request ---------------------------------------------------------------------------
 
     def _open(self) -> httpx.AsyncClient:
-        timeout = self._config.timeout
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)),
-            # httpx's connection limits, with the spec's idle expiry (httpx: 5 s, which races
-            # the 5 s keep-alive timeout of uvicorn and Node servers).
-            limits=httpx.Limits(
-                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
-            ),
-        )
-        return self._client
+        """The caller's `http_client`, else a new client. Either way httpx reads HTTPS_PROXY,
+        HTTP_PROXY, ALL_PROXY and NO_PROXY (trust_env) when the client is made, once."""
+        client = self._config.http_client
+        if client is None:
+            client = httpx.AsyncClient(
+                timeout=self._timeout,
+                # httpx's connection limits, with the spec's idle expiry (httpx: 5 s, which races
+                # the 5 s keep-alive timeout of uvicorn and Node servers).
+                limits=httpx.Limits(
+                    max_connections=100,
+                    max_keepalive_connections=20,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
+                ),
+            )
+        self._client = client
+        self._proxy = _proxy_of(client, self._request_url)
+        return client
 
     async def _send(
         self,
@@ -652,7 +667,13 @@ class BaseLLM:
         retries = 0
         budget = config.retry_budget
         while True:
-            request = httpx.Request("POST", self._request_url, headers=headers, content=body)
+            request = httpx.Request(
+                "POST",
+                self._request_url,
+                headers=headers,
+                content=body,
+                extensions={"timeout": self._timeouts},
+            )
             attempt = retries + 1
             if meter is not None:
                 meter.attempts += 1
@@ -689,6 +710,12 @@ class BaseLLM:
                     )
                 if 200 <= response.status_code < 300:
                     return response
+                if response.status_code == 407 and self._proxy is not None:
+                    # Only the proxy sends 407 (to an http request in absolute form): not retried.
+                    await response.aclose()
+                    raise make_error(
+                        "proxy_error", url=self._url, proxy=self._proxy, detail=_proxy_answered(407)
+                    )
                 try:
                     error = await self._status_error(response)
                 finally:
@@ -833,12 +860,25 @@ class BaseLLM:
     def _transport_error(self, exc: httpx.TransportError) -> BrainlineError:
         """A request that failed before any response: a timeout, or no connection."""
         timeout = self._config.timeout
-        if isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, httpx.ConnectTimeout) or (
+            isinstance(exc, httpx.TimeoutException) and _in_tunnel_setup(exc)
+        ):
             return make_error(
                 "connect_timeout", url=self._url, timeout=min(timeout, CONNECT_TIMEOUT_CAP)
             )
         if isinstance(exc, httpx.TimeoutException):
             return make_error("read_timeout", url=self._url, timeout=timeout)
+        proxy = self._proxy
+        if proxy is not None:
+            if isinstance(exc, httpx.ProxyError):  # a non-2xx answer to CONNECT: "407 Proxy ..."
+                status = str(exc).split(" ", 1)[0]
+                detail = _proxy_answered(int(status)) if status.isdigit() else str(exc)
+                return make_error("proxy_error", url=self._url, proxy=proxy, detail=detail)
+            if isinstance(exc, httpx.ConnectError) and not _caused_by(exc, ssl.SSLError):
+                # The only connection made before TLS with the endpoint is the one to the proxy.
+                return make_error(
+                    "proxy_error", url=self._url, proxy=proxy, detail=_PROXY_UNREACHABLE
+                )
         return make_error("connection_error", url=self._url)
 
     def _body_error(self, exc: httpx.RequestError, state: TurnState) -> BrainlineError:
@@ -980,6 +1020,59 @@ def _error_code(exc: BaseException) -> str:
     """What the metrics record says a turn failed with: the brainline code, else the class."""
     code = getattr(exc, "code", None)
     return code if isinstance(code, str) else type(exc).__name__
+
+
+_PROXY_UNREACHABLE = "no connection to the proxy"
+
+
+def _proxy_answered(status: int) -> str:
+    return f"the proxy answered HTTP {status}"
+
+
+def _proxy_of(client: httpx.AsyncClient, url: httpx.URL) -> str | None:
+    """The URL (without credentials) of the proxy `client` sends `url` through, else None.
+
+    httpx chose it when the client was made (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, or
+    the client's own `proxy` / `mounts`) and keeps it private: the httpcore proxy pool of the
+    transport mounted for the URL. None as well when a custom transport or another httpx hides it.
+    """
+    try:
+        proxy_url = client._transport_for_url(url)._pool._proxy_url  # type: ignore[attr-defined]
+        scheme, host, port = proxy_url.scheme, proxy_url.host, proxy_url.port
+    except AttributeError:
+        return None
+    name = host.decode("ascii")
+    if ":" in name:  # an IPv6 literal
+        name = f"[{name}]"
+    return f"{scheme.decode('ascii')}://{name}" + ("" if port is None else f":{port}")
+
+
+def _in_tunnel_setup(exc: httpx.TransportError) -> bool:
+    """Whether `exc` happened before a CONNECT tunnel was up (the proxy's answer, or TLS in it).
+
+    httpx waits for a proxy's answer to CONNECT with the read timeout; brainline counts that wait
+    as connecting, as TypeScript does. httpcore's tunnel connection, found in the traceback of
+    the error httpx maps, says whether its tunnel is up.
+    """
+    tb = exc.__cause__.__traceback__ if exc.__cause__ is not None else None
+    while tb is not None:
+        connection: Any = tb.tb_frame.f_locals.get("self")
+        if type(connection).__name__ == "AsyncTunnelHTTPConnection":
+            return getattr(connection, "_connected", True) is False
+        tb = tb.tb_next
+    return False
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `exc` or an exception in its chain is a `kind`."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, kind):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _stale_connection(exc: httpx.TransportError) -> bool:

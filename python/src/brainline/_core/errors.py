@@ -117,7 +117,7 @@ _CLASSES: dict[str, type[BrainlineError]] = {
 }
 
 # Params inserted into a message as-is; every other param goes through format_value.
-_VERBATIM = frozenset({"option", "url", "detail", "what", "expected", "null", "pattern"})
+_VERBATIM = frozenset({"option", "url", "proxy", "detail", "what", "expected", "null", "pattern"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The language's own word for "no value" in messages ({null}); TypeScript says "undefined".
 _NULL_WORD = "None"
@@ -126,8 +126,9 @@ _NULL_WORD = "None"
 def make_error(code: str, **params: Any) -> BrainlineError:
     """The error for `code`, its class and message template taken from ERRORS.
 
-    Every param is formatted with format_value, except those named `option`, `url`, `detail`,
-    `what`, `expected`, `null`, `pattern` or ending in `_name`, which are inserted as they are.
+    Every param is formatted with format_value, except those named `option`, `url`, `proxy`,
+    `detail`, `what`, `expected`, `null`, `pattern` or ending in `_name`, which are inserted as
+    they are.
     A placeholder without a param stays as written, except `{null}`, which defaults to "None".
     Params that are not placeholders are ignored by the message; `status`, `body` and
     `retry_after` (APIStatusError), `partial_text` (StreamError), `request_id` (both) and `errors`

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import httpx
+
 from .errors import make_error
 
 T = TypeVar("T")
@@ -44,6 +46,7 @@ _TYPE_CHECKS: dict[str, Callable[[object], bool]] = {
     "tool_choice": lambda v: isinstance(v, str) or _is_str_mapping(v, of_str=False),
     "session_key_factory": callable,
     "metrics_callback": callable,
+    "http_client": lambda v: isinstance(v, httpx.AsyncClient),
 }
 
 

@@ -59,6 +59,10 @@ ERRORS: Final[dict[str, tuple[str, str]]] = {
     ),
     "unknown_option": ("ConfigError", "{class_name} got an unknown option {value}{detail}"),
     "connection_error": ("APIConnectionError", "could not connect to {url}"),
+    "proxy_error": (
+        "APIConnectionError",
+        "could not reach {url} through the proxy {proxy}: {detail}",
+    ),
     "connect_timeout": ("APITimeoutError", "no connection to {url} within {timeout} s"),
     "read_timeout": ("APITimeoutError", "no data from {url} for {timeout} s"),
     "first_token_timeout": ("APITimeoutError", "no first token from {url} within {timeout} s"),

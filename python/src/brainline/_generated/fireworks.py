@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import httpx
+
 from .._core import validate as v
 from .._core.client import BaseLLM
 from .._core.metrics import TurnMetrics
@@ -42,6 +44,7 @@ class FireworksLLM(BaseLLM):
         session_key_factory: Called once per turn with the SessionContext (call id, caller, callee, caller hash); a non-empty return value becomes the memory-scope header.
         session_key_from: "caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire.
         on_metrics: Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn.
+        http_client: Your own `httpx.AsyncClient` (mTLS, a custom proxy or transport, event hooks): turns go through it instead of the client brainline creates. brainline still sets each request's timeout, and never closes it (`aclose()` leaves it open). Unset: brainline's own client, which honours HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY as httpx does.
         telemetry: Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing.
         capture_message_content: With telemetry on, also record the messages sent and the answer on the span (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Unset: on when the env var OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is "true", "1", "span_only" or "span_and_event". The API key, session keys and the caller number are never recorded.
         temperature: Sampling temperature.
@@ -90,6 +93,7 @@ class FireworksLLM(BaseLLM):
         session_key_factory: Callable[[SessionContext], str | None] | None = None,
         session_key_from: str | None = None,
         on_metrics: Callable[[TurnMetrics], object] | None = None,
+        http_client: httpx.AsyncClient | None = None,
         telemetry: bool | None = None,
         capture_message_content: bool | None = None,
         temperature: float | None = None,
@@ -142,6 +146,7 @@ class FireworksLLM(BaseLLM):
                 session_key_factory=session_key_factory,
                 session_key_from=session_key_from,
                 on_metrics=on_metrics,
+                http_client=http_client,
                 telemetry=telemetry,
                 capture_message_content=capture_message_content,
                 temperature=temperature,

@@ -8,6 +8,8 @@ from copy import deepcopy
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final, NoReturn, SupportsIndex
 
+import httpx
+
 from .._core import validate as v
 from .._core.metrics import TurnMetrics
 from .._core.session import SessionContext
@@ -73,6 +75,8 @@ class LLMConfig:
     """"caller_hash" derives the memory-scope key `patter-caller-<hash_caller(caller)>` per call and omits the header when there is no caller; the raw number never goes on the wire."""
     on_metrics: Callable[[TurnMetrics], object] | None
     """Called once at the end of every turn (finished, failed or cancelled) with its metrics record: provider, model, endpoint, request_id, attempts, headers_ms, first_progress_ms, first_text_ms, duration_ms, chunks, input_tokens, output_tokens, cache_read_tokens, finish_reason, error_code, cancelled. A finished turn's finish event carries the same record as `metrics`. A callback that raises is logged, never breaks the turn."""
+    http_client: httpx.AsyncClient | None
+    """Your own `httpx.AsyncClient` (mTLS, a custom proxy or transport, event hooks): turns go through it instead of the client brainline creates. brainline still sets each request's timeout, and never closes it (`aclose()` leaves it open). Unset: brainline's own client, which honours HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY as httpx does."""
     telemetry: bool | None
     """Record every turn as an OpenTelemetry GenAI client span (`chat {model}`) and metrics (operation duration, token usage, time to first chunk) on the global tracer and meter providers, when the OpenTelemetry API is installed (`brainline[otel]` / `@opentelemetry/api`); without it, nothing. Unset: on when the env var BRAINLINE_TELEMETRY is "1" or "true". Off costs nothing."""
     capture_message_content: bool | None
@@ -111,7 +115,13 @@ class LLMConfig:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LLMConfig:
         return replace(
-            self, **{f.name: deepcopy(getattr(self, f.name), memo) for f in fields(self)}
+            self,
+            **{
+                f.name: getattr(self, f.name)
+                if f.name in _SHARED_FIELDS
+                else deepcopy(getattr(self, f.name), memo)
+                for f in fields(self)
+            },
         )
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
@@ -142,6 +152,13 @@ SECRET_FIELDS: Final[frozenset[str]] = frozenset(
 )
 """Config fields never shown in repr, logs or error messages."""
 
+_SHARED_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        "http_client",
+    }
+)
+"""Config fields a deepcopy shares instead of copying (a client with its pool and sockets)."""
+
 
 def build_config(
     provider_key: str,
@@ -171,6 +188,7 @@ def build_config(
     session_key_factory: Callable[[SessionContext], str | None] | None,
     session_key_from: str | None,
     on_metrics: Callable[[TurnMetrics], object] | None,
+    http_client: httpx.AsyncClient | None,
     telemetry: bool | None,
     capture_message_content: bool | None,
     temperature: float | None,
@@ -244,6 +262,7 @@ def build_config(
         "session_key_from", session_key_from, ["caller_hash"], "invalid_session_key_from"
     )
     v.check_type("on_metrics", on_metrics, "metrics_callback", "a function")
+    v.check_type("http_client", http_client, "http_client", "an httpx.AsyncClient")
     v.check_type("telemetry", telemetry, "boolean", "a boolean")
     v.check_type("capture_message_content", capture_message_content, "boolean", "a boolean")
     v.check_type("temperature", temperature, "number", "a number")
@@ -288,6 +307,7 @@ def build_config(
         session_key_factory=session_key_factory,
         session_key_from=session_key_from,
         on_metrics=on_metrics,
+        http_client=http_client,
         telemetry=telemetry,
         capture_message_content=capture_message_content,
         temperature=temperature,

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any
 
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -31,26 +30,9 @@ from .._core import errors as brainline_errors
 from .._core.errors import make_error
 from .._core.events import ToolCallEvent, assemble_tool_calls
 from ._errors import is_permanent
+from ._provider import Provider
 
 __all__ = ["LLM", "LLMStream", "livekit_error"]
-
-
-class _Provider(Protocol):
-    """What the adapter needs of `llm`: any brainline provider, or a FallbackLLM."""
-
-    def stream(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        call_id: str | None = None,
-        caller: str | None = None,
-        callee: str | None = None,
-    ) -> Any: ...
-
-    async def warmup(self) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class LLM(lk.LLM[Any]):
@@ -70,7 +52,7 @@ class LLM(lk.LLM[Any]):
     def __init__(
         self,
         *,
-        llm: _Provider,
+        llm: Provider,
         call_id: str | None = None,
         caller: str | None = None,
         callee: str | None = None,
@@ -85,7 +67,7 @@ class LLM(lk.LLM[Any]):
         self._label = "brainline.LLM"
 
     @property
-    def llm(self) -> _Provider:
+    def llm(self) -> Provider:
         """The brainline provider this LLM streams from."""
         return self._llm
 

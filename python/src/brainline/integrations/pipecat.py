@@ -12,9 +12,8 @@ closing of the connection on an interruption are brainline's own (docs/runtime.m
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -43,34 +42,11 @@ from .._core.errors import (
     BrainlineError,
     ConfigError,
 )
-from .._core.events import Event, ToolCallEvent, Turn, UsageEvent, assemble_tool_calls
+from .._core.events import Event, ToolCallEvent, UsageEvent, assemble_tool_calls
 from ._errors import is_permanent
+from ._provider import Provider
 
 __all__ = ["BrainlineLLMService", "error_category"]
-
-
-class _Provider(Protocol):
-    """What the service needs of `llm`: any brainline provider, or a FallbackLLM."""
-
-    def stream(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        call_id: str | None = None,
-        caller: str | None = None,
-        callee: str | None = None,
-    ) -> Any: ...
-
-    async def complete(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        call_id: str | None = None,
-        caller: str | None = None,
-        callee: str | None = None,
-    ) -> Turn: ...
 
 
 def error_category(error: BrainlineError) -> ErrorCategory:
@@ -131,7 +107,7 @@ class BrainlineLLMService(LLMService):
     def __init__(
         self,
         *,
-        llm: _Provider,
+        llm: Provider,
         call_id: str | None = None,
         caller: str | None = None,
         callee: str | None = None,
@@ -161,7 +137,7 @@ class BrainlineLLMService(LLMService):
         self._callee = callee
 
     @property
-    def llm(self) -> _Provider:
+    def llm(self) -> Provider:
         """The brainline provider (or FallbackLLM) this service streams from."""
         return self._llm
 

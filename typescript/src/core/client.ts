@@ -74,9 +74,9 @@ type ClockCode = "first_token_timeout" | "idle_timeout" | "total_timeout";
  * One turn: its current attempt's request (a new Call per attempt), the caller's signal that
  * cancels it, and the one timer that bounds each wait (for the headers, then for every read) to
  * `timeout` and the turn to its first-token, idle and total clocks. The progress clocks
- * (first-token, then idle) always run: unset, each is `timeout` plus PROGRESS_CLOCK_GRACE. They
- * count only the time brainline waits: what the caller spends holding an event (between two
- * reads) moves them on.
+ * (first-token, then idle) always run: unset, each is `timeout` plus PROGRESS_CLOCK_GRACE. A
+ * progress chunk restarts the idle clock when the next wait starts, so the time the caller spends
+ * over its events does not count; noting it costs no clock read per chunk.
  */
 class Exchange {
   /** This attempt's request, once sent. */
@@ -100,8 +100,8 @@ class Exchange {
   private phase: ClockCode = "first_token_timeout";
   /** How long the idle clock runs, in ms. */
   private readonly idleSpan: number;
-  /** When the last read returned (0: a read is under way, or none yet). */
-  private pausedAt = 0;
+  /** A chunk made progress since the last wait started. */
+  private progressed = false;
   /** Ends a retry's wait early. */
   private wake: (() => void) | undefined = undefined;
 
@@ -119,20 +119,9 @@ class Exchange {
     this.idleSpan = config.idleTimeout == null ? unset : config.idleTimeout * 1000;
   }
 
-  /** A chunk carried text, a tool call or reasoning: the idle clock starts over. */
+  /** A chunk carried text, a tool call or reasoning: the idle clock starts over at the next wait. */
   progress(): void {
-    this.phase = "idle_timeout";
-    const now = Date.now();
-    this.phaseAt = now + this.idleSpan;
-    // The caller held earlier events of this read: that is past.
-    if (this.pausedAt !== 0) this.pausedAt = now;
-    // A timer armed for an earlier deadline re-arms itself for this one when it fires; one armed
-    // for a later one (a read, the total, a longer first-token clock) is dropped: the next wait
-    // arms one for this deadline.
-    if (this.timer !== undefined && this.phaseAt < this.armedAt) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
+    this.progressed = true;
   }
 
   /** The answer is complete: no turn clock runs any more. */
@@ -206,10 +195,17 @@ class Exchange {
   startWait(bounded = true): void {
     this.waiting = true;
     const now = Date.now();
-    if (this.pausedAt !== 0) {
-      // The caller's time since the last read does not count against the progress clock.
-      if (this.phaseAt !== Infinity) this.phaseAt += now - this.pausedAt;
-      this.pausedAt = 0;
+    if (this.progressed) {
+      this.progressed = false;
+      this.phase = "idle_timeout";
+      this.phaseAt = now + this.idleSpan;
+      // A timer armed for an earlier deadline re-arms itself for this one when it fires; one
+      // armed for a later one (a read, the total, a longer first-token clock) is dropped: this
+      // wait arms one for this deadline.
+      if (this.timer !== undefined && this.phaseAt < this.armedAt) {
+        clearTimeout(this.timer);
+        this.timer = undefined;
+      }
     }
     this.deadline = bounded ? now + this.ms : Infinity;
     const clock = this.turnClock(now);
@@ -260,7 +256,6 @@ class Exchange {
       return await body.read();
     } finally {
       this.waiting = false;
-      this.pausedAt = Date.now();
     }
   }
 

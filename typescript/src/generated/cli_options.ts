@@ -47,13 +47,13 @@ export const OPTIONS: ReadonlyArray<CliOption> = [
     name: "firstTokenTimeout",
     flag: "--first-token-timeout",
     type: "number",
-    doc: "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count, nor time the caller spends holding an event. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it).",
+    doc: "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it).",
   },
   {
     name: "idleTimeout",
     flag: "--idle-timeout",
     type: "number",
-    doc: "Seconds allowed between two progress chunks once the first has arrived (keep-alives and time the caller spends holding an event do not count). Unset: `timeout`.",
+    doc: "Seconds allowed between two progress chunks once the first has arrived, counted from when brainline next waits for the network (keep-alives do not count, nor the time the caller spends over the chunk's events). Unset: `timeout`.",
   },
   {
     name: "totalTimeout",

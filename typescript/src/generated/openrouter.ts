@@ -19,9 +19,9 @@ export interface OpenRouterLLMOptions {
   model: string;
   /** Seconds. The longest wait for the response or between two reads of the stream; the connect phase is capped at min(timeout, 10). Unless `firstTokenTimeout` / `idleTimeout` say otherwise, also the longest wait for the first progress and between two progress chunks, so no server holds a turn longer than this without progress, whatever bytes it sends. Default: 60. */
   timeout?: number;
-  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count, nor time the caller spends holding an event. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it). */
+  /** Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it). */
   firstTokenTimeout?: number;
-  /** Seconds allowed between two progress chunks once the first has arrived (keep-alives and time the caller spends holding an event do not count). Unset: `timeout`. */
+  /** Seconds allowed between two progress chunks once the first has arrived, counted from when brainline next waits for the network (keep-alives do not count, nor the time the caller spends over the chunk's events). Unset: `timeout`. */
   idleTimeout?: number;
   /** Seconds the whole turn may take, from the request to the last event; unset: no limit. */
   totalTimeout?: number;

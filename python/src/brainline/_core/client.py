@@ -199,8 +199,9 @@ class _Deadline:
     """The first-token, idle and total clocks of one turn, on one timer (loop.call_at).
 
     The progress clocks (first-token, then idle) always run: unset, each is `timeout` plus
-    PROGRESS_CLOCK_GRACE. They count only the time brainline waits: what the caller spends holding
-    an event (between two reads) moves them on. When a clock runs out while the turn waits on the
+    PROGRESS_CLOCK_GRACE. A progress chunk restarts the idle clock when brainline next waits (the
+    next read), so the time the caller spends over its events does not count; noting it costs no
+    clock read per chunk. When a clock runs out while the turn waits on the
     network (or between retries), the timer cancels the task running it, as _Barge does, and
     stream() raises the APITimeoutError naming the clock. When the total clock runs out while the
     caller holds an event, nothing happens then: the next read checks the clocks first (`due`) and
@@ -217,9 +218,9 @@ class _Deadline:
         "idle",
         "idle_span",
         "loop",
-        "paused_at",
         "phase",
         "phase_at",
+        "progressed",
         "stopped",
         "task",
         "total",
@@ -241,7 +242,7 @@ class _Deadline:
         self.total_at = math.inf if self.total is None else now + self.total
         self.phase_at = now + first_span
         self.phase = "first_token_timeout"
-        self.paused_at = math.inf
+        self.progressed = False
         self.at_yield = False
         self.stopped = False
         self.fired: str | None = None
@@ -251,18 +252,9 @@ class _Deadline:
         self._arm()
 
     def progress(self) -> None:
-        """A chunk carried text, a tool call or reasoning: the idle clock starts over."""
-        self.phase = "idle_timeout"
-        now = self.loop.time()
-        self.phase_at = now + self.idle_span
-        if self.paused_at < now:  # the caller held earlier events of this read: that is past
-            self.paused_at = now
-        # A timer armed for an earlier deadline re-arms itself for this one when it fires; one
-        # armed for a later one (the total, or a longer first-token clock) is moved up, once.
-        if self.handle is not None and self.phase_at < self.armed_at:
-            self.handle.cancel()
-            self.handle = None
-            self._arm()
+        """A chunk carried text, a tool call or reasoning: the idle clock starts over at the next
+        wait (`due`)."""
+        self.progressed = True
 
     def resume(self) -> None:
         """Back from a yield."""
@@ -277,18 +269,21 @@ class _Deadline:
             self.armed_at = at
             self.handle = self.loop.call_at(at, self._fire)
 
-    def read_done(self) -> None:
-        """A read returned: until the next one, the caller's time does not count."""
-        self.paused_at = self.loop.time()
-
     def due(self) -> bool:
         """Before a read: True when a clock ran out meanwhile (TypeScript checks the same).
 
-        The progress clock first moves on by the time since the last read returned."""
+        After progress, the idle clock starts over now."""
         now = self.loop.time()
-        if self.paused_at < now:
-            self.phase_at += now - self.paused_at
-        self.paused_at = math.inf
+        if self.progressed:
+            self.progressed = False
+            self.phase = "idle_timeout"
+            self.phase_at = now + self.idle_span
+            # A timer armed for an earlier deadline re-arms itself for this one when it fires;
+            # one armed for a later one (the total, or a longer first-token clock) is moved up.
+            if self.handle is not None and self.phase_at < self.armed_at:
+                self.handle.cancel()
+                self.handle = None
+                self._arm()
         if now >= self.total_at:
             self.fired = "total_timeout"
         elif now >= self.phase_at:
@@ -478,7 +473,6 @@ class BaseLLM:
                     chunk = None
                 except _BODY_ERRORS as exc:
                     raise self._body_error(exc, state) from exc
-                deadline.read_done()
                 end = chunk is None
                 for sse in decoder.flush() if chunk is None else decoder.decode(chunk):
                     data = sse.data
@@ -487,7 +481,12 @@ class BaseLLM:
                         break
                     meter.chunks += 1
                     events = state.feed_event(sse.event, data)
-                    if _has_progress(events) or state.take_dropped():
+                    # Most chunks give one event: test it before the general check.
+                    if (
+                        (events and events[0]["type"] in _PROGRESS)
+                        or _has_progress(events)
+                        or state.take_dropped()
+                    ):
                         deadline.progress()
                         if meter.text_at is None:
                             meter.progressed(events)

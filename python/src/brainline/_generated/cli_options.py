@@ -55,13 +55,13 @@ OPTIONS: Final[tuple[CliOption, ...]] = (
         "first_token_timeout",
         "--first-token-timeout",
         "number",
-        "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count, nor time the caller spends holding an event. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it).",
+        "Seconds from sending the request to the first progress: a complete chunk carrying text, a tool call or reasoning. Keep-alive comments, progress events and bytes of an unfinished event do not count. Unset: `timeout` (an agent that runs long tools before it answers needs more: set it).",
     ),
     CliOption(
         "idle_timeout",
         "--idle-timeout",
         "number",
-        "Seconds allowed between two progress chunks once the first has arrived (keep-alives and time the caller spends holding an event do not count). Unset: `timeout`.",
+        "Seconds allowed between two progress chunks once the first has arrived, counted from when brainline next waits for the network (keep-alives do not count, nor the time the caller spends over the chunk's events). Unset: `timeout`.",
     ),
     CliOption(
         "total_timeout",

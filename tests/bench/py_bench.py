@@ -180,6 +180,27 @@ class OpenAIPython(Candidate):
         return Turn(turn, _chunk_chars)
 
 
+def patter_llm(base_url: str, model: str) -> Any:
+    """getpatter 0.7.0's Custom LLM. openai-python 3.x is built on httpx2 and refuses the
+    httpx.Timeout getpatter passes it: give it httpx2's Timeout (same values), nothing else
+    changes (tail.py builds its FallbackLLMProvider endpoints with this too)."""
+    import importlib.util
+
+    from getpatter.llm.custom import LLM
+
+    if importlib.util.find_spec("httpx2") is None:
+        return LLM(base_url=base_url, model=model)
+    import httpx
+    import httpx2
+
+    original = httpx.Timeout
+    httpx.Timeout = httpx2.Timeout  # type: ignore[misc]
+    try:
+        return LLM(base_url=base_url, model=model)
+    finally:
+        httpx.Timeout = original  # type: ignore[misc]
+
+
 class Getpatter(Candidate):
     """The reference Custom LLM (getpatter.llm.custom.LLM, on openai-python)."""
 
@@ -187,9 +208,7 @@ class Getpatter(Candidate):
     cancel_by_event = True
 
     def make(self, base_url: str) -> Turn:
-        from getpatter.llm.custom import LLM
-
-        llm = LLM(base_url=base_url, model="bench")
+        llm = patter_llm(base_url, "bench")
 
         def turn(cancel: asyncio.Event | None, tools: bool = False) -> Any:
             return llm.stream(MESSAGES, TOOLS if tools else None, cancel_event=cancel)

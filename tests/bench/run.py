@@ -463,7 +463,9 @@ def main() -> None:
 
     started = time.perf_counter()
     # One snapshot of typescript/dist for the whole run: the build may change under a long run.
-    snapshot = Path(tempfile.mkdtemp(prefix="brainline-bench-")) / "dist"
+    # Inside typescript/ (.gitignore has it; removed at the end), so
+    # that the snapshot's optional peers (@opentelemetry/api) resolve from typescript/node_modules.
+    snapshot = Path(tempfile.mkdtemp(prefix=".bench-", dir=ROOT / "typescript")) / "dist"
     shutil.copytree(ROOT / "typescript" / "dist", snapshot)
     os.environ["BRAINLINE_DIST"] = str(snapshot / "index.js")
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1

@@ -155,30 +155,14 @@ def candidates(primary: str, healthy: str) -> dict[str, Callable[[], Any]]:
         ),
     }
     try:
-        from getpatter.llm.custom import LLM
         from getpatter.services.fallback_provider import FallbackLLMProvider
     except ImportError:
         return out
 
-    def patter_llm(url: str) -> Any:
-        import importlib.util
-
-        if importlib.util.find_spec("httpx2") is None:
-            return LLM(base_url=url, model="m")
-        # openai-python 3.x is built on httpx2 and refuses the httpx.Timeout getpatter 0.7.0
-        # passes it: give it httpx2's Timeout (same values), nothing else changes.
-        import httpx
-        import httpx2
-
-        original = httpx.Timeout
-        httpx.Timeout = httpx2.Timeout  # type: ignore[misc]
-        try:
-            return LLM(base_url=url, model="m")
-        finally:
-            httpx.Timeout = original  # type: ignore[misc]
+    from py_bench import patter_llm
 
     def patter() -> Any:
-        provider = FallbackLLMProvider([patter_llm(primary), patter_llm(healthy)])
+        provider = FallbackLLMProvider([patter_llm(primary, "m"), patter_llm(healthy, "m")])
         return (lambda: provider.stream(MESSAGES)), provider.aclose
 
     out["getpatter 0.7.0 FallbackLLMProvider"] = patter

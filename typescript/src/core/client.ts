@@ -12,7 +12,7 @@ import { APIStatusError, BrainlineError, StreamError, makeError } from "./errors
 import { type Event, type FinishEvent, type Turn, collectTurn } from "./events.js";
 import { resolveSessionKey, sessionContext } from "./session.js";
 import { type Log, logFor } from "./log.js";
-import { type TurnMetrics, TurnMeter, requestIdOf } from "./metrics.js";
+import { type TurnMetrics, TurnMeter, errorCodeOf, requestIdOf } from "./metrics.js";
 import { type ServerSentEvent, SSEDecoder } from "./sse.js";
 import { type Telemetry, telemetryFor } from "./telemetry.js";
 import { type AnyCall, type AnyTarget, targetOf } from "./fetch.js";
@@ -477,7 +477,7 @@ export class BaseLLM {
       if (meter.record === undefined) {
         meter.finish({
           usage: state.usageCounts(),
-          errorCode: failed ? errorCode(failure) : null,
+          errorCode: failed ? errorCodeOf(failure) : null,
           cancelled: !failed,
         });
       }
@@ -932,12 +932,6 @@ function finished(meter: TurnMeter, state: TurnState, event: FinishEvent): void 
     usage: state.usageCounts(),
     finishReason: event.reason,
   });
-}
-
-/** What the metrics record says a turn failed with: the brainline code, else the class. */
-function errorCode(err: unknown): string {
-  if (err instanceof BrainlineError) return err.code;
-  return err instanceof Error ? err.name : typeof err;
 }
 
 function hasProgress(events: readonly Event[]): boolean {

@@ -33,8 +33,7 @@ import {
   type Turn,
   collectTurn,
 } from "./events.js";
-import { envLog } from "./log.js";
-import type { TurnMetrics } from "./metrics.js";
+import { type TurnMetrics, deliver, errorCodeOf } from "./metrics.js";
 
 /** FallbackLLM's private hook for a failed attempt (core only). */
 const FAILED: unique symbol = Symbol("brainline.fallback.failed");
@@ -411,8 +410,7 @@ export class FallbackLLM {
         }
       }
     } catch (err) {
-      errorCode =
-        err instanceof BrainlineError ? err.code : err instanceof Error ? err.name : typeof err;
+      errorCode = errorCodeOf(err);
       throw err;
     } finally {
       await race.close();
@@ -433,14 +431,7 @@ export class FallbackLLM {
   }
 
   private deliver(record: TurnMetrics): void {
-    const callback = this.#config.onMetrics;
-    if (callback === undefined) return;
-    try {
-      callback(record);
-    } catch (err) {
-      // A broken callback never breaks the turn.
-      envLog().warn(`onMetrics threw ${(err as Error)?.name ?? typeof err}; the turn goes on`);
-    }
+    deliver(this.#config.onMetrics, record);
   }
 
   /**

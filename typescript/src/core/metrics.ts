@@ -5,6 +5,7 @@
 
 import { REQUEST_ID_HEADERS } from "../generated/constants.js";
 import type { TurnTrace } from "./telemetry.js";
+import { BrainlineError } from "./errors.js";
 import { type Log, envLog, outcomeLine } from "./log.js";
 
 /** One turn's metrics record (`onMetrics`, and `metrics` on the finish event). */
@@ -137,14 +138,27 @@ export class TurnMeter {
     this.record = record;
     if (this.trace !== undefined) this.trace.end(record);
     if (this.log.infoOn) this.log.info(outcomeLine(record));
-    if (this.callback !== undefined) {
-      try {
-        this.callback(record);
-      } catch (err) {
-        // A broken callback never breaks the turn.
-        this.log.warn(`onMetrics threw ${(err as Error)?.name ?? typeof err}; the turn goes on`);
-      }
-    }
+    deliver(this.callback, record, this.log);
     return record;
   }
+}
+
+/** Hand a record to onMetrics: a callback that throws is logged, never breaks the turn. */
+export function deliver(
+  callback: ((metrics: TurnMetrics) => void) | undefined,
+  record: TurnMetrics,
+  log: Log = envLog(),
+): void {
+  if (callback === undefined) return;
+  try {
+    callback(record);
+  } catch (err) {
+    log.warn(`onMetrics threw ${(err as Error)?.name ?? typeof err}; the turn goes on`);
+  }
+}
+
+/** What a record says a turn failed with: the brainline code, else the error's class. */
+export function errorCodeOf(err: unknown): string {
+  if (err instanceof BrainlineError) return err.code;
+  return err instanceof Error ? err.name : typeof err;
 }

@@ -35,7 +35,7 @@ from .chunks import TurnState
 from .errors import APIStatusError, BrainlineError, StreamError, make_error
 from .events import Event, Turn, collect_turn
 from .log import logger, setup_from_env
-from .metrics import TurnMeter, TurnMetrics, request_id_of
+from .metrics import TurnMeter, TurnMetrics, error_code_of, request_id_of
 from .session import SessionContext, hash_caller, resolve_session_key
 from .sse import SSEDecoder
 from .telemetry import telemetry_for
@@ -481,12 +481,7 @@ class BaseLLM:
                         break
                     meter.chunks += 1
                     events = state.feed_event(sse.event, data)
-                    # Most chunks give one event: test it before the general check.
-                    if (
-                        (events and events[0]["type"] in _PROGRESS)
-                        or _has_progress(events)
-                        or state.take_dropped()
-                    ):
+                    if _has_progress(events) or state.take_dropped():
                         deadline.progress()
                         if meter.text_at is None:
                             meter.progressed(events)
@@ -562,7 +557,7 @@ class BaseLLM:
             if meter.record is None:  # failed or cancelled: finished turns have their record
                 meter.finish(
                     usage=state.usage_counts(),
-                    error_code=None if failure is None else _error_code(failure),
+                    error_code=None if failure is None else error_code_of(failure),
                     cancelled=failure is None,
                 )
             deadline.stop()
@@ -1015,12 +1010,6 @@ def _both(
     return deliver
 
 
-def _error_code(exc: BaseException) -> str:
-    """What the metrics record says a turn failed with: the brainline code, else the class."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, str) else type(exc).__name__
-
-
 _PROXY_UNREACHABLE = "no connection to the proxy"
 
 
@@ -1149,6 +1138,9 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def _has_progress(events: list[Event]) -> bool:
+    # Most chunks give one event: test it before the general (generator) check.
+    if len(events) == 1:
+        return events[0]["type"] in _PROGRESS
     return any(event["type"] in _PROGRESS for event in events)
 
 

@@ -31,8 +31,7 @@ from .events import (
     Turn,
     collect_turn,
 )
-from .log import logger
-from .metrics import TurnMetrics
+from .metrics import TurnMetrics, deliver, error_code_of
 
 if TYPE_CHECKING:
     import asyncio
@@ -398,8 +397,7 @@ class FallbackLLM:
                         event, record = self._finished(race, winner, event)
                     yield event
         except Exception as exc:
-            code = getattr(exc, "code", None)
-            error_code = code if isinstance(code, str) else type(exc).__name__
+            error_code = error_code_of(exc)
             raise
         finally:
             await race.close()
@@ -418,13 +416,7 @@ class FallbackLLM:
         return cast(Event, {**event, "metrics": record}), record
 
     def _deliver(self, record: TurnMetrics) -> None:
-        callback = self._config.on_metrics
-        if callback is None:
-            return
-        try:
-            callback(record)
-        except Exception as exc:  # a broken callback never breaks the turn
-            logger.warning("on_metrics raised %s; the turn goes on", type(exc).__name__)
+        deliver(self._config.on_metrics, record)
 
     async def complete(
         self,

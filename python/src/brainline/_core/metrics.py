@@ -18,7 +18,14 @@ from .log import logger, outcome_line
 if TYPE_CHECKING:
     from .telemetry import TurnTrace
 
-__all__ = ["METRICS_KEYS", "TurnMeter", "TurnMetrics", "request_id_of"]
+__all__ = [
+    "METRICS_KEYS",
+    "TurnMeter",
+    "TurnMetrics",
+    "deliver",
+    "error_code_of",
+    "request_id_of",
+]
 
 
 class TurnMetrics(TypedDict):
@@ -153,9 +160,21 @@ class TurnMeter:
             self.trace.end(record)
         if logger.isEnabledFor(logging.INFO):
             logger.info(outcome_line(record))
-        if self.callback is not None:
-            try:
-                self.callback(record)
-            except Exception as exc:  # a broken callback never breaks the turn
-                logger.warning("on_metrics raised %s; the turn goes on", type(exc).__name__)
+        deliver(self.callback, record)
         return record
+
+
+def deliver(callback: Callable[[TurnMetrics], object] | None, record: TurnMetrics) -> None:
+    """Hand a record to on_metrics: a callback that raises is logged, never breaks the turn."""
+    if callback is None:
+        return
+    try:
+        callback(record)
+    except Exception as exc:
+        logger.warning("on_metrics raised %s; the turn goes on", type(exc).__name__)
+
+
+def error_code_of(exc: BaseException) -> str:
+    """What a record says a turn failed with: the brainline code, else the exception's class."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) else type(exc).__name__
